@@ -1,0 +1,58 @@
+"""The manager's settings, in one dataclass (``Manager(**options)`` fills it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from serverless.protocol import MAX_MESSAGE_BYTES
+
+from .policy import SchedulingPolicy
+
+__all__ = ["ManagerConfig"]
+
+
+@dataclass
+class ManagerConfig:
+    """Settings of a :class:`~serverless.Manager`.
+
+    host, port: where workers connect (port 0: a free port, see ``Manager.address``).
+    local_workers: worker processes the manager starts on this machine (None: one, with
+        all of this machine's cores; 0: none, serve remote workers only).
+    local_cores, local_memory_mb: what the local workers offer in all (None: the machine's).
+    log_dir: where local workers write library logs (None: a new temporary directory).
+    heartbeat_interval, heartbeat_timeout: seconds; a worker silent for the timeout is lost.
+    max_retries: how often a call lost with its worker or instance is retried elsewhere.
+    max_start_failures, start_backoff: a library that fails to start this many times in a row
+        is marked failed; between attempts wait start_backoff * 2**(n-1) seconds.
+    max_message_bytes: the largest message accepted from a peer.
+    policy: which instance gets calls and where new instances go.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    local_workers: int | None = None
+    local_cores: float | None = None
+    local_memory_mb: int | None = None
+    log_dir: Path | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 15.0
+    max_retries: int = 3
+    max_start_failures: int = 3
+    start_backoff: float = 0.5
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
+
+    def __post_init__(self) -> None:
+        if self.local_workers is not None and self.local_workers < 0:
+            raise ValueError("local_workers must be >= 0")
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
+            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        if self.max_retries < 0 or self.max_start_failures < 1:
+            raise ValueError("max_retries must be >= 0 and max_start_failures >= 1")
+        if self.log_dir is not None:
+            self.log_dir = Path(self.log_dir)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}

@@ -1,0 +1,75 @@
+"""The embedded default: worker processes the manager starts on its own machine.
+
+``Manager()`` with no arguments starts one worker offering all of this machine's cores,
+so the same program runs on a laptop and, with ``local_workers=0``, against remote
+workers. Local workers are ordinary ``serverless-worker`` processes. They are started from
+the manager's loop thread and die with it (PR_SET_PDEATHSIG), so they never outlive the
+manager; a normal shutdown stops them with a Shutdown message, then SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+__all__ = ["LocalWorkers"]
+
+log = logging.getLogger("serverless.manager")
+
+
+class LocalWorkers:
+    """Starts and stops the manager's local worker processes."""
+
+    def __init__(self, count: int, cores: float | None, memory_mb: int | None, log_dir: Path,
+                 connect_timeout: float) -> None:
+        self.count = count
+        total_cores = cores if cores is not None else float(os.cpu_count() or 1)
+        total_memory = memory_mb if memory_mb is not None else psutil.virtual_memory().total // 2**20
+        self.cores = total_cores / count if count else 0.0
+        self.memory_mb = int(total_memory // count) if count else 0
+        self.log_dir = log_dir
+        self.connect_timeout = connect_timeout
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, address: str) -> None:
+        for index in range(self.count):
+            workdir = self.log_dir / f"worker-{index}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable, "-m", "serverless.worker", address,
+                "--cores", repr(self.cores),
+                "--memory", str(self.memory_mb),
+                "--name", f"local-{index}",
+                "--workdir", str(workdir),
+                "--connect-timeout", repr(self.connect_timeout),
+                "--die-with-parent", str(os.getpid()),
+            ]
+            with open(workdir / "worker.log", "ab", buffering=0) as out:
+                self.processes.append(subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True,  # Ctrl-C reaches the manager, which stops us
+                ))
+
+    def stop(self, grace: float) -> None:
+        """Wait for the workers to exit (they were sent Shutdown); escalate if they do not."""
+        for process in self.processes:
+            try:
+                process.wait(grace)
+                continue
+            except subprocess.TimeoutExpired:
+                log.warning("local worker %d did not stop; terminating it", process.pid)
+            process.terminate()
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("local worker %d ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                process.wait()
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]

@@ -1,0 +1,412 @@
+"""The manager's I/O loop: one thread that owns the socket, the scheduler and the workers.
+
+    user threads --commands (deque + wakeup pipe)--> loop --scheduler events--> actions
+    workers      --Register/Results/...----------->  loop      |
+                 <--Welcome/Deploy/Calls/...------  loop <-----+ (send messages,
+                                                                  settle futures)
+
+Commands from the API (submit calls, install, remove, cancel, stop) are queued on a deque;
+the loop is woken through a pipe only when it sleeps, so a burst of calls costs no syscall
+each. Every wake the loop drains the deque in one go (calls are batched per instance),
+reads every waiting message, runs the scheduler and carries out its actions. A worker not
+heard from for the heartbeat timeout is declared lost; what it held is retried elsewhere.
+A message that cannot be decoded is logged and dropped; the loop goes on serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from serverless.errors import (
+    ArgumentNotSerializable,
+    CallCancelled,
+    CallCrashed,
+    CallOutOfMemory,
+    CallTimeout,
+    ProtocolError,
+    ResultNotSerializable,
+    SerializationError,
+    ServerlessError,
+    UnknownFunction,
+)
+from serverless.protocol import (
+    PROTOCOL_VERSION,
+    CallStatus,
+    Calls,
+    Cancel,
+    Deploy,
+    Goodbye,
+    Heartbeat,
+    InstanceFailed,
+    InstanceReady,
+    InstanceStopped,
+    Message,
+    Register,
+    Reject,
+    Results,
+    Shutdown,
+    StopInstance,
+    Welcome,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    safe_loads,
+)
+from serverless.serialization import decode_exception, loads_result
+from serverless.transport import Endpoint, bind_router, new_context
+
+from .config import ManagerConfig
+from .local_workers import LocalWorkers
+from .records import (
+    Action,
+    CallRecord,
+    CallsFailed,
+    CallsFinished,
+    CancelCalls,
+    DeployInstance,
+    SendCalls,
+    StopInstanceAction,
+)
+from .scheduler import Scheduler
+
+__all__ = ["ManagerLoop", "WorkerInfo"]
+
+log = logging.getLogger("serverless.manager")
+
+
+@dataclass
+class WorkerInfo:
+    """What the manager knows of a connected worker (see ``Manager.workers()``)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    cores: float
+    memory_mb: int
+    last_heard: float
+    last_sent: float
+
+
+class ManagerLoop:
+    """Owns the ROUTER socket and the scheduler; run in its own thread by the Manager."""
+
+    def __init__(self, config: ManagerConfig, scheduler: Scheduler,
+                 local_workers: LocalWorkers | None = None) -> None:
+        self.config = config
+        self.local_workers = local_workers
+        self.scheduler = scheduler
+        self._context = new_context()
+        self._sock, self.endpoint = bind_router(
+            self._context, config.host, config.port, config.max_message_bytes)
+        self._commands: deque[tuple[str, Any]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sleeping = False
+        self._workers: dict[bytes, WorkerInfo] = {}
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._on_tick: list[Callable[[], None]] = []
+        self.thread = threading.Thread(target=self._run, name="serverless-manager", daemon=True)
+
+    # --- called from other threads ----------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def command(self, kind: str, value: Any = None) -> None:
+        self._commands.append((kind, value))
+        if self._sleeping:
+            try:
+                os.write(self._wake_w, b"w")
+            except BlockingIOError:
+                pass  # the pipe is full: the loop is being woken anyway
+
+    def every_tick(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop thread at every tick (used for local workers)."""
+        self._on_tick.append(callback)
+
+    def workers(self) -> list[WorkerInfo]:
+        return list(self._workers.values())
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        tick_every = min(0.1, self.config.heartbeat_interval / 2)
+        next_tick = time.monotonic()
+        try:
+            if self.local_workers is not None:  # from this thread: they die with it
+                self.local_workers.start(str(self.endpoint))
+            while not self._stopping:
+                self._sleeping = True
+                timeout = 0 if self._commands else max(0.0, next_tick - time.monotonic())
+                events = dict(poller.poll(int(timeout * 1000)))
+                self._sleeping = False
+                if self._wake_r in events:
+                    self._drain_wake()
+                if self._sock in events:
+                    self._read_workers()
+                if self._commands:
+                    self._run_commands()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + tick_every
+        except Exception:
+            log.exception("the manager loop failed; failing every call")
+            self._perform(self.scheduler.shutdown())
+        finally:
+            self._close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_commands(self) -> None:
+        commands = self._commands
+        calls: list[CallRecord] = []
+        while commands:
+            kind, value = commands.popleft()
+            if kind == "call":
+                calls.append(value)
+                continue
+            if calls:
+                self._perform(self.scheduler.submit(calls))
+                calls = []
+            if kind == "calls":
+                self._perform(self.scheduler.submit(value))
+            elif kind == "install":
+                name, spec, blob = value
+                self._perform(self.scheduler.install(name, spec, blob))
+            elif kind == "remove":
+                self._perform(self.scheduler.remove(value))
+            elif kind == "cancel":
+                self._perform(self.scheduler.cancel(value))
+            elif kind == "stop":
+                self._shutdown(value)
+                return
+        if calls:
+            self._perform(self.scheduler.submit(calls))
+
+    def _tick(self, now: float) -> None:
+        self._perform(self.scheduler.tick(now))
+        timeout = self.config.heartbeat_timeout
+        interval = self.config.heartbeat_interval
+        for identity, worker in list(self._workers.items()):
+            if now - worker.last_heard > timeout:
+                log.warning("worker %s lost: nothing heard for %.1f s", worker.worker_id, timeout)
+                self._drop_worker(identity, f"no heartbeat for {timeout:.1f} s")
+            elif now - worker.last_sent >= interval:
+                self._send(identity, Heartbeat())
+        for callback in self._on_tick:
+            callback()
+
+    # --- from workers -----------------------------------------------------------------
+
+    def _read_workers(self) -> None:
+        sock = self._sock
+        for _ in range(10000):  # bounded, so commands and ticks still get their turn
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, frames = parts[0], parts[1:]
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from %r: %s", identity[:64], exc)
+                continue
+            worker = self._workers.get(identity)
+            if worker is None:
+                self._from_stranger(identity, msg)
+                continue
+            worker.last_heard = time.monotonic()
+            try:
+                self._from_worker(identity, worker, msg)
+            except ProtocolError as exc:
+                log.warning("dropped a bad message from worker %s: %s", worker.worker_id, exc)
+
+    def _from_stranger(self, identity: bytes, msg: Message) -> None:
+        if isinstance(msg, Register):
+            self._register(identity, msg)
+        elif not isinstance(msg, Goodbye):
+            # e.g. a worker declared lost that came back: it must not keep running calls
+            self._send(identity, Reject("this worker is not registered (it may have been declared lost)"))
+
+    def _register(self, identity: bytes, msg: Register) -> None:
+        if msg.version != PROTOCOL_VERSION:
+            log.warning("rejected worker %s: protocol %d, ours %d", msg.name, msg.version, PROTOCOL_VERSION)
+            self._send(identity, Reject(f"protocol version {msg.version} is not {PROTOCOL_VERSION}"))
+            return
+        if msg.cores <= 0 or msg.memory_mb < 0:
+            self._send(identity, Reject("a worker needs cores > 0 and memory >= 0"))
+            return
+        now = time.monotonic()
+        worker_id = identity.decode(errors="replace")
+        self._workers[identity] = WorkerInfo(worker_id, msg.hostname, msg.pid, msg.cores,
+                                             msg.memory_mb, now, now)
+        self._send(identity, Welcome(worker_id, self.config.heartbeat_interval,
+                                     self.config.heartbeat_timeout))
+        log.info("worker %s joined (%s, %.1f cores, %d MB)", worker_id, msg.hostname,
+                 msg.cores, msg.memory_mb)
+        self._perform(self.scheduler.worker_joined(worker_id, msg.cores, msg.memory_mb, msg.hostname))
+
+    def _from_worker(self, identity: bytes, worker: WorkerInfo, msg: Message) -> None:
+        scheduler = self.scheduler
+        if isinstance(msg, Results):
+            self._perform(scheduler.results(msg.instance_id, decode_batch(msg.payload)))
+        elif isinstance(msg, Heartbeat):
+            pass
+        elif isinstance(msg, InstanceReady):
+            self._perform(scheduler.instance_ready(msg.instance_id))
+        elif isinstance(msg, InstanceFailed):
+            log.warning("instance %d on %s failed: %s", msg.instance_id, worker.worker_id, msg.reason)
+            self._perform(scheduler.instance_failed(msg.instance_id, msg.reason, msg.traceback,
+                                                    msg.during_start))
+        elif isinstance(msg, InstanceStopped):
+            self._perform(scheduler.instance_stopped(msg.instance_id))
+        elif isinstance(msg, Goodbye):
+            log.info("worker %s left: %s", worker.worker_id, msg.reason)
+            self._drop_worker(identity, f"it left ({msg.reason})", notify=False)
+        elif isinstance(msg, Register):
+            log.warning("worker %s registered twice; ignored", worker.worker_id)
+        else:
+            log.warning("unexpected %s from worker %s", msg.TAG, worker.worker_id)
+
+    def _drop_worker(self, identity: bytes, reason: str, notify: bool = True) -> None:
+        worker = self._workers.pop(identity, None)
+        if worker is None:
+            return
+        if notify:  # if it is only frozen, it must stop when it wakes
+            self._send(identity, Shutdown(f"declared lost: {reason}"))
+        self._perform(self.scheduler.worker_lost(worker.worker_id, reason))
+
+    # --- carrying out actions ---------------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendCalls):
+                entries = [call.entry() for call in action.calls]
+                self._send_to(action.worker_id, Calls(action.instance_id, len(entries), encode_batch(entries)))
+            elif isinstance(action, CallsFinished):
+                for call, status, payload, _duration in action.results:
+                    _settle(call, status, payload)
+            elif isinstance(action, CallsFailed):
+                error = action.error
+                for call in action.calls:
+                    call.future._settle(error=copy.copy(error))
+            elif isinstance(action, DeployInstance):
+                self._send_to(action.worker_id, self._deploy_message(action))
+            elif isinstance(action, StopInstanceAction):
+                self._send_to(action.worker_id, StopInstance(action.instance_id))
+            elif isinstance(action, CancelCalls):
+                self._send_to(action.worker_id, Cancel(action.instance_id, action.call_ids))
+
+    def _deploy_message(self, action: DeployInstance) -> Deploy:
+        record = self.scheduler.libraries[action.library]
+        spec = record.spec
+        options = {"env": dict(spec.env)}
+        if spec.python:
+            options["python"] = spec.python
+        return Deploy(action.instance_id, spec.name, spec.mode, spec.slots, float(spec.cores),
+                      int(spec.memory_mb), options, record.blob)
+
+    def _send_to(self, worker_id: str, msg: Message) -> None:
+        self._send(worker_id.encode(), msg)
+
+    def _send(self, identity: bytes, msg: Message) -> None:
+        frames = encode(msg)
+        try:
+            self._sock.send_multipart([identity, *frames], copy=len(frames[-1]) < 65536)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+            if identity in self._workers:
+                log.warning("cannot reach worker %r (%s)", identity, exc)
+                self._drop_worker(identity, f"unreachable ({exc})", notify=False)
+            return
+        worker = self._workers.get(identity)
+        if worker is not None:
+            worker.last_sent = time.monotonic()
+
+    # --- stopping ---------------------------------------------------------------------
+
+    def _shutdown(self, reason: str) -> None:
+        self._perform(self.scheduler.shutdown())
+        for identity in list(self._workers):
+            self._send(identity, Shutdown(reason))
+        self._workers.clear()
+        self._stopping = True
+
+    def _close(self) -> None:
+        self._perform(self.scheduler.shutdown())
+        if self.local_workers is not None:
+            for identity in list(self._workers):
+                self._send(identity, Shutdown("the manager stopped"))
+            self.local_workers.stop(grace=5.0)  # the socket stays open while they stop
+        self._sock.close(linger=500)  # let Shutdown messages to remote workers go out
+        self._context.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._stopped.set()
+
+
+def _settle(call: CallRecord, status: int, payload: bytes) -> None:
+    """Resolve a call's future from its result entry."""
+    future = call.future
+    if future.done():
+        return
+    if status == CallStatus.OK:
+        try:
+            future._settle(loads_result(payload))
+        except SerializationError as exc:
+            future._settle(error=exc)
+        return
+    future._settle(error=_error_for(call, status, payload))
+
+
+def _error_for(call: CallRecord, status: int, payload: bytes) -> BaseException:
+    name = f"{call.library}.{call.function}"
+    try:
+        if status == CallStatus.RAISED:
+            return decode_exception(payload)
+        if status == CallStatus.CRASHED:
+            exit_code, detail = safe_loads(payload)
+            return CallCrashed(exit_code, detail or name)
+        if status == CallStatus.TIMEOUT:
+            seconds, _ = safe_loads(payload)
+            return CallTimeout(f"{name} ran over its timeout of {seconds:g} s and was killed")
+        if status == CallStatus.OUT_OF_MEMORY:
+            limit, _ = safe_loads(payload)
+            return CallOutOfMemory(f"{name} went over the memory limit of {limit} MB and was killed")
+        if status == CallStatus.CANCELLED:
+            return CallCancelled(f"{name} was cancelled")
+        if status == CallStatus.RESULT_NOT_SERIALIZABLE:
+            return ResultNotSerializable(bytes(payload).decode(errors="replace"))
+        if status == CallStatus.BAD_ARGUMENTS:
+            return ArgumentNotSerializable(
+                f"{name}: the arguments could not be unpickled on the worker:\n"
+                + bytes(payload).decode(errors="replace"))
+        if status == CallStatus.UNKNOWN_FUNCTION:
+            return UnknownFunction(f"library {call.library!r} has no function {call.function!r}")
+    except (ProtocolError, ValueError, TypeError) as exc:
+        return ProtocolError(f"{name}: undecodable result ({exc})")
+    return ServerlessError(f"{name}: unknown result status {status}")

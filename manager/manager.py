@@ -1,0 +1,230 @@
+"""The :class:`Manager`: what a user's program talks to.
+
+``Manager.call`` pickles the arguments in the caller's thread (so a bad argument raises at
+once), creates a :class:`~concurrent.futures.Future` and queues the call for the loop
+thread (:mod:`serverless.manager.loop`), which batches calls to workers and settles the
+futures as results come back. The functions themselves travel once per library instance
+(``install`` serializes the library once), never per call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from serverless.errors import ManagerClosed, UnknownFunction, UnknownLibrary
+from serverless.library import Library
+from serverless.serialization import dumps_args
+
+from .config import ManagerConfig
+from .future import CallFuture
+from .local_workers import LocalWorkers
+from .loop import ManagerLoop, WorkerInfo
+from .records import CallRecord
+from .scheduler import Scheduler
+
+__all__ = ["Manager"]
+
+log = logging.getLogger("serverless.manager")
+
+
+class Manager:
+    """Routes calls to library instances on workers; returns futures.
+
+    ``Manager()`` starts local workers using this machine's cores (the embedded default).
+    ``Manager(port=9123, local_workers=0)`` serves only remote workers, started with
+    ``serverless-worker HOST:PORT``. Further settings: see :class:`ManagerConfig`.
+
+    Use it as a context manager: leaving the block waits for the calls made in it, then
+    stops the workers it started (or, when the block raised, fails the unfinished calls
+    with :class:`~serverless.ManagerClosed` at once).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 local_workers: int | None = None, **options: Any) -> None:
+        unknown = set(options) - ManagerConfig.names()
+        if unknown:
+            raise TypeError(f"unknown Manager options: {', '.join(sorted(unknown))}")
+        self.config = ManagerConfig(host=host, port=port, local_workers=local_workers, **options)
+        self._libraries: dict[str, Library] = {}
+        self._call_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._futures_lock = threading.Lock()
+        self._unfinished: set[Future] = set()
+        self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
+        count = 1 if self.config.local_workers is None else self.config.local_workers
+        local = None
+        if count:
+            local = LocalWorkers(count, self.config.local_cores, self.config.local_memory_mb,
+                                 self._log_dir, connect_timeout=self.config.heartbeat_timeout)
+        self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
+                                    self.config.max_start_failures, self.config.start_backoff)
+        self._loop = ManagerLoop(self.config, self._scheduler, local)
+        self._loop.start()
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for ``serverless-worker`` to connect to."""
+        return str(self._loop.endpoint)
+
+    @property
+    def log_dir(self) -> Path:
+        """Where local workers write library logs: ``worker-N/<library>-<instance>.log``
+        holds what that instance and its calls printed to stdout and stderr."""
+        return self._log_dir
+
+    def libraries(self) -> list[str]:
+        return sorted(self._libraries)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The workers connected now."""
+        return self._loop.workers()
+
+    def local_worker_pids(self) -> list[int]:
+        local = self._loop.local_workers
+        return local.pids() if local is not None else []
+
+    # --- libraries --------------------------------------------------------------------
+
+    def install(self, library: Library) -> None:
+        """Make ``library`` callable. Instances are deployed when calls need them.
+
+        Installing a library again under the same name replaces it: running instances are
+        stopped and new ones get the new code; calls already queued stay queued.
+        """
+        if not isinstance(library, Library):
+            raise TypeError(f"install() takes a serverless.Library, not {type(library).__name__}")
+        self._check_open()
+        blob = library.serialize()
+        with self._lock:
+            self._libraries[library.name] = library
+        self._loop.command("install", (library.name, library, blob))
+
+    def remove(self, name: str) -> None:
+        """Uninstall a library: stop its instances; its unfinished calls fail with UnknownLibrary."""
+        with self._lock:
+            if self._libraries.pop(name, None) is None:
+                raise UnknownLibrary(f"no library named {name!r} is installed")
+        self._loop.command("remove", name)
+
+    # --- calls ------------------------------------------------------------------------
+
+    def call(self, library: str, function: str, /, *args: Any, **kwargs: Any) -> CallFuture:
+        """Run ``library.function(*args, **kwargs)`` remotely; returns a future at once."""
+        return self.submit(library, function, args, kwargs)
+
+    def submit(self, library: str, function: str, args: tuple = (), kwargs: dict | None = None,
+               *, timeout: float | None = None) -> CallFuture:
+        """Like :meth:`call`, with the arguments given explicitly and per-call options.
+
+        ``timeout`` (seconds) overrides the library's timeout for this call only.
+        """
+        record = self._new_call(library, function, args, kwargs or {}, timeout)
+        self._loop.command("call", record)
+        return record.future
+
+    def map(self, library: str, function: str, *iterables: Iterable[Any],
+            timeout: float | None = None) -> Iterator[Any]:
+        """Like ``Executor.map``: submit every call at once, yield results in order."""
+        records = [self._new_call(library, function, args, {}, None) for args in zip(*iterables)]
+        self._loop.command("calls", records)
+        futures = [r.future for r in records]
+        return _results_in_order(futures, timeout)
+
+    def cancel(self, future: Future) -> bool:
+        """Cancel a call (queued or running); same as ``future.cancel()``."""
+        return future.cancel()
+
+    def _new_call(self, library: str, function: str, args: tuple, kwargs: dict,
+                  timeout: float | None) -> CallRecord:
+        self._check_open()
+        spec = self._libraries.get(library)
+        if spec is None:
+            raise UnknownLibrary(f"no library named {library!r} is installed "
+                                 f"(installed: {', '.join(sorted(self._libraries)) or 'none'})")
+        if function not in spec.functions:
+            raise UnknownFunction(f"library {library!r} has no function {function!r} "
+                                  f"(it has: {', '.join(sorted(spec.functions))})")
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive seconds")
+        blob = dumps_args(tuple(args), kwargs)
+        call_id = next(self._call_ids)
+        future = CallFuture(call_id, library, function, self._cancelled)
+        record = CallRecord(call_id, library, function, blob,
+                            timeout if timeout is not None else spec.timeout, future)
+        future.record = record
+        with self._futures_lock:
+            self._unfinished.add(future)
+        future.add_done_callback(self._finished)
+        return record
+
+    def _cancelled(self, future: CallFuture) -> None:
+        self._loop.command("cancel", future.record)
+
+    def _finished(self, future: Future) -> None:
+        with self._futures_lock:
+            self._unfinished.discard(future)
+
+    # --- shutting down ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosed("the manager is shut down")
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: float | None = None) -> None:
+        """Stop the manager and the workers it started.
+
+        With ``wait`` (and not ``cancel_futures``), first wait up to ``timeout`` seconds
+        for every call made so far to finish. Whatever is still unfinished then fails
+        with :class:`~serverless.ManagerClosed`; no future is left pending.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if wait and not cancel_futures:
+            from concurrent.futures import wait as wait_for
+
+            with self._futures_lock:
+                unfinished = list(self._unfinished)
+            wait_for(unfinished, timeout=timeout)
+        self._loop.command("stop", "the manager shut down")
+        self._loop.join()
+
+    close = shutdown
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.shutdown(wait=False)
+            except Exception:
+                pass
+
+
+def _results_in_order(futures: list[Future], timeout: float | None) -> Iterator[Any]:
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        for future in futures:
+            remaining = None if end is None else max(0.0, end - time.monotonic())
+            yield future.result(remaining)
+    finally:
+        for future in futures:
+            future.cancel()

@@ -1,0 +1,382 @@
+"""The manager's scheduling state machine: events in, actions out, no I/O.
+
+Events are method calls (``submit``, ``worker_joined``, ``results``, ``instance_failed``,
+...); each returns the list of :mod:`~serverless.manager.records` actions the loop must
+carry out. That keeps routing, slot accounting, deployment, retries and failure handling
+testable with no sockets and no processes.
+
+A call's life::
+
+    pending (library queue) --dispatch--> outstanding at an instance --results--> finished
+        ^                                     |
+        +---- instance or worker lost --------+   (attempts += 1; past max_retries: WorkerLost)
+
+An instance holds at most ``window`` outstanding calls: its slots plus enough queued work
+(from measured call durations) that it never idles waiting for the manager. When calls are
+pending and no instance has room, a new instance is deployed on a worker with free cores
+and memory; if none has room, idle instances of other libraries are stopped to make it.
+A library whose instances keep failing to start is marked failed after
+``max_start_failures`` attempts (with exponential backoff between them), and its calls fail
+with :class:`~serverless.LibraryFailed` carrying the start-up traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+
+from serverless.errors import LibraryFailed, ManagerClosed, UnknownLibrary, WorkerLost
+
+from .policy import SchedulingPolicy
+from .records import (
+    READY,
+    STARTING,
+    STOPPING,
+    Action,
+    CallRecord,
+    CallsFailed,
+    CallsFinished,
+    CancelCalls,
+    DeployInstance,
+    InstanceRecord,
+    LibraryRecord,
+    SendCalls,
+    StopInstanceAction,
+    WorkerRecord,
+)
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    """All scheduling state of one manager. Not thread-safe: the manager loop owns it."""
+
+    def __init__(
+        self,
+        policy: SchedulingPolicy | None = None,
+        max_retries: int = 3,
+        max_start_failures: int = 3,
+        start_backoff: float = 0.5,
+    ) -> None:
+        self.policy = policy or SchedulingPolicy()
+        self.max_retries = max_retries
+        self.max_start_failures = max_start_failures
+        self.start_backoff = start_backoff
+        self.libraries: dict[str, LibraryRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.instances: dict[int, InstanceRecord] = {}
+        self.now = 0.0
+        self._instance_ids = itertools.count(1)
+
+    # --- libraries --------------------------------------------------------------------
+
+    def install(self, name: str, spec: object, blob: bytes) -> list[Action]:
+        old = self.libraries.get(name)
+        actions: list[Action] = []
+        record = LibraryRecord(name, spec, blob)
+        if old is not None:  # reinstall: new instances get the new code; queued calls stay
+            record.pending = old.pending
+            record.instances = old.instances
+            actions += self._stop_instances(list(old.instances))
+        self.libraries[name] = record
+        return actions + self._schedule(record)
+
+    def remove(self, name: str) -> list[Action]:
+        record = self.libraries.pop(name, None)
+        if record is None:
+            return []
+        stranded = [c for c in record.pending if not c.cancelled]
+        for instance_id in record.instances:
+            stranded += self.instances[instance_id].outstanding.values()
+        actions = self._stop_instances(list(record.instances))
+        if stranded:
+            actions.append(CallsFailed(stranded, UnknownLibrary(f"library {name!r} was removed")))
+        return actions
+
+    # --- calls ------------------------------------------------------------------------
+
+    def submit(self, calls: Iterable[CallRecord]) -> list[Action]:
+        touched: dict[str, LibraryRecord] = {}
+        failed: dict[str, list[CallRecord]] = {}
+        for call in calls:
+            record = self.libraries.get(call.library)
+            if record is None or record.failed is not None:
+                failed.setdefault(call.library, []).append(call)
+                continue
+            record.pending.append(call)
+            touched[call.library] = record
+        actions: list[Action] = []
+        for name, stranded in failed.items():
+            record = self.libraries.get(name)
+            error = record.failed if record else UnknownLibrary(f"library {name!r} is not installed")
+            actions.append(CallsFailed(stranded, error))
+        for record in touched.values():
+            actions += self._schedule(record)
+        return actions
+
+    def results(self, instance_id: int, entries: list[tuple]) -> list[Action]:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            return []  # a stale batch from an instance already written off
+        finished = []
+        total = 0.0
+        outstanding = instance.outstanding
+        for call_id, status, payload, duration in entries:
+            call = outstanding.pop(call_id, None)
+            if call is None:
+                continue  # already retried elsewhere or cancelled
+            finished.append((call, status, payload, duration))
+            total += duration
+        if not finished:
+            return []
+        instance.served += len(finished)
+        record = self.libraries.get(instance.library)
+        actions: list[Action] = [CallsFinished(finished)]
+        if record is not None:
+            mean = total / len(finished)
+            previous = record.mean_duration
+            record.mean_duration = mean if previous is None else 0.8 * previous + 0.2 * mean
+            instance.window = self._window(record)
+            actions += self._schedule(record)
+        return actions
+
+    def cancel(self, call: CallRecord) -> list[Action]:
+        """The call's future was cancelled: drop it, or stop it where it runs."""
+        if call.cancelled:
+            return []
+        call.cancelled = True
+        instance = self.instances.get(call.instance_id) if call.instance_id is not None else None
+        if instance is not None and call.call_id in instance.outstanding:
+            return [CancelCalls(instance.worker_id, instance.instance_id, (call.call_id,))]
+        return []  # still pending: skipped when its turn comes
+
+    # --- workers ----------------------------------------------------------------------
+
+    def worker_joined(self, worker_id: str, cores: float, memory_mb: int, hostname: str = "") -> list[Action]:
+        self.workers[worker_id] = WorkerRecord(worker_id, cores, memory_mb, hostname)
+        return self._schedule_all()
+
+    def worker_lost(self, worker_id: str, reason: str) -> list[Action]:
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return []
+        actions: list[Action] = []
+        for instance_id in list(worker.instances):
+            actions += self._instance_gone(instance_id, f"worker {worker_id} lost: {reason}")
+        return actions + self._schedule_all()
+
+    # --- instances --------------------------------------------------------------------
+
+    def instance_ready(self, instance_id: int) -> list[Action]:
+        instance = self.instances.get(instance_id)
+        if instance is None or instance.state != STARTING:
+            return []
+        instance.state = READY
+        record = self.libraries.get(instance.library)
+        if record is None:
+            return self._stop_instances([instance_id])
+        record.start_failures = 0
+        instance.window = self._window(record)
+        return self._schedule(record)
+
+    def instance_failed(self, instance_id: int, reason: str, traceback: str, during_start: bool) -> list[Action]:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            return []
+        actions = self._instance_gone(instance_id, reason)
+        record = self.libraries.get(instance.library)
+        if record is not None and during_start:
+            record.start_failures += 1
+            if record.start_failures >= self.max_start_failures:
+                record.failed = LibraryFailed(
+                    f"library {record.name!r} failed to start {record.start_failures} times; "
+                    f"last: {reason}", traceback)
+                stranded = [c for c in record.pending if not c.cancelled]
+                record.pending.clear()
+                if stranded:
+                    actions.append(CallsFailed(stranded, record.failed))
+            else:
+                delay = self.start_backoff * 2 ** (record.start_failures - 1)
+                record.deploy_not_before = self.now + delay
+        return actions + self._schedule_all()
+
+    def instance_stopped(self, instance_id: int) -> list[Action]:
+        actions = self._instance_gone(instance_id, "stopped")
+        return actions + self._schedule_all()
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: deployments waiting out a backoff may go ahead."""
+        self.now = now
+        waiting = [r for r in self.libraries.values() if r.pending and r.deploy_not_before > 0]
+        actions: list[Action] = []
+        for record in waiting:
+            if record.deploy_not_before <= now:
+                record.deploy_not_before = 0.0
+                actions += self._schedule(record)
+        return actions
+
+    def shutdown(self) -> list[Action]:
+        """Fail every call not finished with ManagerClosed."""
+        stranded: list[CallRecord] = []
+        for record in self.libraries.values():
+            stranded += (c for c in record.pending if not c.cancelled)
+            record.pending.clear()
+        for instance in self.instances.values():
+            stranded += instance.outstanding.values()
+            instance.outstanding.clear()
+        if not stranded:
+            return []
+        return [CallsFailed(stranded, ManagerClosed("the manager shut down before the call finished"))]
+
+    # --- inside -----------------------------------------------------------------------
+
+    def _window(self, record: LibraryRecord) -> int:
+        policy = self.policy
+        slots = record.spec.slots
+        if record.mean_duration is None:
+            prefetch = policy.initial_prefetch
+        else:
+            wanted = math.ceil(policy.queue_seconds / max(record.mean_duration, 1e-7))
+            prefetch = min(policy.max_prefetch, max(policy.min_prefetch, wanted))
+        return slots * (1 + prefetch)
+
+    def _schedule_all(self) -> list[Action]:
+        actions: list[Action] = []
+        for record in list(self.libraries.values()):
+            if record.pending:
+                actions += self._schedule(record)
+        return actions
+
+    def _schedule(self, record: LibraryRecord) -> list[Action]:
+        actions = self._dispatch(record)
+        if record.pending:
+            actions += self._deploy(record)
+        return actions
+
+    def _dispatch(self, record: LibraryRecord) -> list[Action]:
+        pending = record.pending
+        actions: list[Action] = []
+        if not pending:
+            return actions
+        candidates = [self.instances[i] for i in record.instances]
+        candidates = [i for i in candidates if i.room() > 0]
+        chooser = self.policy.instances
+        while pending and candidates:
+            instance = chooser.choose(candidates)
+            room = instance.room()
+            batch = []
+            while pending and len(batch) < room:
+                call = pending.popleft()
+                if call.cancelled:
+                    continue
+                call.instance_id = instance.instance_id
+                instance.outstanding[call.call_id] = call
+                batch.append(call)
+            if batch:
+                actions.append(SendCalls(instance.worker_id, instance.instance_id, batch))
+            candidates.remove(instance)
+        return actions
+
+    def _deploy(self, record: LibraryRecord) -> list[Action]:
+        if record.failed is not None or record.deploy_not_before > self.now:
+            return []
+        spec = record.spec
+        actions: list[Action] = []
+        live = [self.instances[i] for i in record.instances]
+        coming = sum(self._window(record) for i in live if i.state == STARTING)
+        count = sum(1 for i in live if i.state != STOPPING)
+        while len(record.pending) > coming:
+            if spec.max_instances is not None and count >= spec.max_instances:
+                break
+            fitting = [w for w in self.workers.values() if w.fits(spec.cores, spec.memory_mb)]
+            if not fitting:
+                actions += self._make_room(record)
+                break
+            worker = self.policy.placement.choose(fitting, spec.cores, spec.memory_mb)
+            instance = InstanceRecord(next(self._instance_ids), record.name, worker.worker_id,
+                                      spec.cores, spec.memory_mb)
+            instance.window = self._window(record)
+            self.instances[instance.instance_id] = instance
+            record.instances.add(instance.instance_id)
+            worker.instances.add(instance.instance_id)
+            worker.used_cores += spec.cores
+            worker.used_memory_mb += spec.memory_mb
+            actions.append(DeployInstance(worker.worker_id, instance.instance_id, record.name))
+            coming += instance.window
+            count += 1
+        return actions
+
+    def _make_room(self, record: LibraryRecord) -> list[Action]:
+        """Stop idle instances of other libraries on a worker where that makes room."""
+        spec = record.spec
+        if any(i.state == STOPPING for i in self.instances.values() if i.library != record.name):
+            return []  # room is already being made; wait for it
+        for worker in self.workers.values():
+            idle = [self.instances[i] for i in worker.instances]
+            idle = [i for i in idle if i.library != record.name and i.state == READY
+                    and not i.outstanding and not self._has_pending(i.library)]
+            freed_cores = sum(i.cores for i in idle)
+            freed_memory = sum(i.memory_mb for i in idle)
+            if idle and worker.used_cores - freed_cores + spec.cores <= worker.cores + 1e-9 \
+                    and worker.used_memory_mb - freed_memory + spec.memory_mb <= worker.memory_mb:
+                victims, cores, memory = [], 0.0, 0
+                for instance in idle:  # stop only as many as needed
+                    victims.append(instance.instance_id)
+                    cores += instance.cores
+                    memory += instance.memory_mb
+                    if worker.fits(spec.cores - cores, spec.memory_mb - memory):
+                        break
+                return self._stop_instances(victims)
+        return []
+
+    def _has_pending(self, library: str) -> bool:
+        record = self.libraries.get(library)
+        return bool(record and record.pending)
+
+    def _stop_instances(self, instance_ids: list[int]) -> list[Action]:
+        actions: list[Action] = []
+        for instance_id in instance_ids:
+            instance = self.instances.get(instance_id)
+            if instance is None or instance.state == STOPPING:
+                continue
+            instance.state = STOPPING
+            actions.append(StopInstanceAction(instance.worker_id, instance_id))
+        return actions
+
+    def _instance_gone(self, instance_id: int, reason: str) -> list[Action]:
+        """Forget an instance, free its resources, and retry (or fail) what it held."""
+        instance = self.instances.pop(instance_id, None)
+        if instance is None:
+            return []
+        worker = self.workers.get(instance.worker_id)
+        if worker is not None:
+            worker.instances.discard(instance_id)
+            worker.used_cores -= instance.cores
+            worker.used_memory_mb -= instance.memory_mb
+        record = self.libraries.get(instance.library)
+        if record is not None:
+            record.instances.discard(instance_id)
+        calls = [c for c in instance.outstanding.values() if not c.cancelled]
+        instance.outstanding.clear()
+        if not calls:
+            return []
+        retry, give_up = [], []
+        for call in calls:
+            call.attempts += 1
+            call.instance_id = None
+            (give_up if call.attempts > self.max_retries or record is None else retry).append(call)
+        actions: list[Action] = []
+        if record is not None and retry:
+            record.pending.extendleft(reversed(retry))
+        if give_up:
+            actions.append(CallsFailed(give_up, WorkerLost(
+                f"{reason}; the call was lost {give_up[0].attempts} times "
+                f"(max_retries={self.max_retries})")))
+        return actions
+
+
+def pending_count(scheduler: Scheduler) -> int:
+    """Calls not yet sent to any instance, over all libraries."""
+    return sum(len(r.pending) for r in scheduler.libraries.values())
+

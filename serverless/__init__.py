@@ -1,0 +1,95 @@
+"""serverless: run Python functions remotely at high rate from warm library processes.
+
+Public API::
+
+    import serverless
+
+    lib = serverless.Library("math", [add], imports=["numpy"], mode="fork", slots=2)
+    with serverless.Manager() as m:          # starts local workers
+        m.install(lib)
+        print(m.call("math", "add", 1, 2).result())
+
+Everything users need is importable from here; submodules are implementation.
+``Manager`` is imported lazily so that library processes, which import ``serverless`` for
+:func:`state`, do not load the manager's dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .context import current_instance, state
+from .errors import (
+    ArgumentNotSerializable,
+    CallCancelled,
+    CallCrashed,
+    CallOutOfMemory,
+    CallTimeout,
+    FunctionError,
+    LibraryFailed,
+    ManagerClosed,
+    ProtocolError,
+    RemoteTraceback,
+    ResultNotSerializable,
+    SerializationError,
+    ServerlessError,
+    UnknownFunction,
+    UnknownLibrary,
+    WorkerLost,
+)
+from .library import Library
+from .protocol import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from serverless.manager.config import ManagerConfig
+    from serverless.manager.manager import Manager
+    from serverless.manager.policy import SchedulingPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Library",
+    "Manager",
+    "ManagerConfig",
+    "SchedulingPolicy",
+    "state",
+    "current_instance",
+    "PROTOCOL_VERSION",
+    "ServerlessError",
+    "UnknownLibrary",
+    "UnknownFunction",
+    "SerializationError",
+    "ArgumentNotSerializable",
+    "ResultNotSerializable",
+    "FunctionError",
+    "RemoteTraceback",
+    "CallCrashed",
+    "CallTimeout",
+    "CallOutOfMemory",
+    "CallCancelled",
+    "LibraryFailed",
+    "WorkerLost",
+    "ManagerClosed",
+    "ProtocolError",
+]
+
+_LAZY = {
+    "Manager": "serverless.manager.manager",
+    "ManagerConfig": "serverless.manager.config",
+    "SchedulingPolicy": "serverless.manager.policy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serverless' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,416 @@
+"""The wire protocol: every message the manager, workers and library processes exchange.
+
+Each message is a small frozen dataclass with a ``TAG``; :data:`MESSAGES` maps tags to classes
+and no other module compares tags. A message travels as a list of frames:
+
+    frame 0   the envelope: ``(tag, field, field, ...)`` pickled with protocol 5
+    frame 1   the opaque payload, for the messages that carry one (``Deploy``, ``Calls``,
+              ``Results``): it is forwarded by the worker agent without being decoded
+
+Envelopes and batch payloads contain only plain values (ints, floats, strings, bytes,
+tuples, lists, dicts, None), and they are decoded with an unpickler that refuses every
+global, so a malformed or hostile frame can raise :class:`ProtocolError` but cannot run
+code. Function arguments and results are real pickles nested inside batches as ``bytes``;
+they are unpickled only by the library process (arguments) and the manager (results).
+
+Over zmq the frames are the parts of a multipart message. Between a worker agent and its
+library processes, which talk over a local stream socket, :func:`pack_stream` and
+:class:`StreamDecoder` add length prefixes.
+
+The first message a worker sends, :class:`Register`, carries :data:`PROTOCOL_VERSION`; the
+manager answers :class:`Reject` if it differs.
+
+Call batch entries are tuples ``(call_id, function, args, timeout)`` where ``args`` is the
+pickled ``(args, kwargs)`` and ``timeout`` is seconds or ``None``. Result batch entries are
+tuples ``(call_id, status, payload, duration)``; ``status`` is a :class:`CallStatus` and the
+payload's meaning depends on it (see :mod:`serverless.serialization`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import pickle
+import struct
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_MESSAGE_BYTES",
+    "CallStatus",
+    "Message",
+    "MESSAGES",
+    "Register",
+    "Welcome",
+    "Reject",
+    "Heartbeat",
+    "Deploy",
+    "InstanceReady",
+    "InstanceFailed",
+    "StopInstance",
+    "InstanceStopped",
+    "Calls",
+    "Results",
+    "Cancel",
+    "Shutdown",
+    "Goodbye",
+    "encode",
+    "decode",
+    "encode_batch",
+    "decode_batch",
+    "safe_loads",
+    "pack_stream",
+    "StreamDecoder",
+]
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 31  # the default ceiling on one message; configurable per peer
+_PICKLE = 5
+
+
+class CallStatus(enum.IntEnum):
+    """How a call ended, as reported in a result batch entry."""
+
+    OK = 0  # payload: the pickled return value
+    RAISED = 1  # payload: see serialization.encode_exception
+    CRASHED = 2  # payload: safe pickle of (exit_code, detail)
+    TIMEOUT = 3  # payload: safe pickle of (timeout_seconds, detail)
+    OUT_OF_MEMORY = 4  # payload: safe pickle of (limit_mb, detail)
+    CANCELLED = 5  # payload: empty
+    RESULT_NOT_SERIALIZABLE = 6  # payload: utf-8 text of the error
+    BAD_ARGUMENTS = 7  # payload: utf-8 traceback of the failed unpickling
+    UNKNOWN_FUNCTION = 8  # payload: utf-8 name
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles plain values only: any global (class, function) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise ProtocolError(f"refused global {module}.{name} in a protocol frame")
+
+
+def safe_loads(data: bytes | memoryview) -> Any:
+    """Unpickle a frame that may hold only plain values; raise ProtocolError otherwise."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data)).load()
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any malformed input: truncated, bad opcode, recursion...
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+
+
+def safe_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, _PICKLE)
+
+
+# --- messages -------------------------------------------------------------------------
+
+MESSAGES: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of all messages. ``payload`` (when a class has one) travels as its own frame."""
+
+    TAG: ClassVar[str] = ""
+    HAS_PAYLOAD: ClassVar[bool] = False
+    _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]] = ()
+
+
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (float, int),
+    str: (str,),
+    bytes: (bytes,),
+    bool: (bool,),
+    tuple: (tuple,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _field_check(hint: Any) -> tuple[type, ...]:
+    """The isinstance() check for a field annotation like ``int`` or ``str | None``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        allowed: tuple[type, ...] = ()
+        for arg in typing.get_args(hint):
+            allowed += (type(None),) if arg is type(None) else _field_check(arg)
+        return allowed
+    if origin is not None:
+        hint = origin
+    try:
+        return _SIMPLE_TYPES[hint]
+    except KeyError:
+        raise TypeError(f"protocol fields must be plain types, not {hint!r}") from None
+
+
+def message(tag: str) -> typing.Callable[[type], type]:
+    """Register a message class under ``tag`` and precompute its field checks."""
+
+    def register(cls: type) -> type:
+        if tag in MESSAGES:
+            raise ValueError(f"duplicate message tag {tag!r}")
+        cls.TAG = tag
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "payload"]
+        cls.HAS_PAYLOAD = "payload" in {f.name for f in dataclasses.fields(cls)}
+        cls._CHECKS = tuple((name, _field_check(hints[name])) for name in names)
+        MESSAGES[tag] = cls
+        return cls
+
+    return register
+
+
+@message("register")
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    """worker -> manager, first message: who I am and what I offer."""
+
+    version: int
+    name: str
+    hostname: str
+    pid: int
+    cores: float
+    memory_mb: int
+    python: str
+
+
+@message("welcome")
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """manager -> worker: registered; heartbeat settings both sides use."""
+
+    worker_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+
+@message("reject")
+@dataclass(frozen=True, slots=True)
+class Reject(Message):
+    """manager -> worker: not registered (wrong version, bad resources...); the worker exits."""
+
+    reason: str
+
+
+@message("heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """either way: I am alive (sent when nothing else was sent for an interval)."""
+
+
+@message("deploy")
+@dataclass(frozen=True, slots=True)
+class Deploy(Message):
+    """manager -> worker -> library: start an instance of a library.
+
+    ``payload`` is the serialized library (functions, imports, setup), opaque to the agent.
+    ``options`` holds what the agent needs to start and watch the process.
+    """
+
+    instance_id: int
+    library: str
+    mode: str
+    slots: int
+    cores: float
+    memory_mb: int
+    options: dict
+    payload: bytes = b""
+
+
+@message("instance-ready")
+@dataclass(frozen=True, slots=True)
+class InstanceReady(Message):
+    """library -> worker -> manager: imports and setup done, calls may come."""
+
+    instance_id: int
+    pid: int
+
+
+@message("instance-failed")
+@dataclass(frozen=True, slots=True)
+class InstanceFailed(Message):
+    """library or worker -> manager: the instance failed to start, or died."""
+
+    instance_id: int
+    reason: str
+    traceback: str
+    during_start: bool
+
+
+@message("stop-instance")
+@dataclass(frozen=True, slots=True)
+class StopInstance(Message):
+    """manager -> worker -> library: finish nothing more, stop the instance."""
+
+    instance_id: int
+
+
+@message("instance-stopped")
+@dataclass(frozen=True, slots=True)
+class InstanceStopped(Message):
+    """worker -> manager: a stop asked for is done; its resources are free."""
+
+    instance_id: int
+
+
+@message("calls")
+@dataclass(frozen=True, slots=True)
+class Calls(Message):
+    """manager -> worker -> library: a batch of calls for one instance."""
+
+    instance_id: int
+    count: int
+    payload: bytes = b""
+
+
+@message("results")
+@dataclass(frozen=True, slots=True)
+class Results(Message):
+    """library -> worker -> manager: a batch of finished calls."""
+
+    instance_id: int
+    count: int
+    payload: bytes = b""
+
+
+@message("cancel")
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """manager -> worker -> library: stop these calls (queued or running)."""
+
+    instance_id: int
+    call_ids: tuple
+
+
+@message("shutdown")
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """manager -> worker: stop all instances and exit."""
+
+    reason: str
+
+
+@message("goodbye")
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """worker -> manager: I am leaving; what I held must go elsewhere."""
+
+    reason: str
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for ``msg``: the envelope, then the payload if the message has one."""
+    cls = type(msg)
+    envelope = (cls.TAG, *(getattr(msg, name) for name, _ in cls._CHECKS))
+    frames = [pickle.dumps(envelope, _PICKLE)]
+    if cls.HAS_PAYLOAD:
+        frames.append(msg.payload)  # type: ignore[attr-defined]
+    return frames
+
+
+def decode(frames: Sequence[bytes | memoryview]) -> Message:
+    """The message in ``frames``; ProtocolError if anything about it is wrong."""
+    if not frames:
+        raise ProtocolError("empty message")
+    envelope = safe_loads(frames[0])
+    if not isinstance(envelope, tuple) or not envelope or not isinstance(envelope[0], str):
+        raise ProtocolError("envelope is not a tagged tuple")
+    cls = MESSAGES.get(envelope[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {envelope[0][:40]!r}")
+    values = envelope[1:]
+    if len(values) != len(cls._CHECKS):
+        raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
+    for value, (name, allowed) in zip(values, cls._CHECKS):
+        if not isinstance(value, allowed) or (allowed[0] is int and isinstance(value, bool)):
+            raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
+    expected_frames = 2 if cls.HAS_PAYLOAD else 1
+    if len(frames) != expected_frames:
+        raise ProtocolError(f"{cls.TAG}: expected {expected_frames} frames, got {len(frames)}")
+    if cls.HAS_PAYLOAD:
+        return cls(*values, payload=frames[1])  # type: ignore[call-arg]
+    return cls(*values)
+
+
+def encode_batch(entries: list[tuple]) -> bytes:
+    """The payload of a Calls or Results message."""
+    return pickle.dumps(entries, _PICKLE)
+
+
+def decode_batch(payload: bytes | memoryview) -> list[tuple]:
+    """The entries of a Calls or Results payload (plain tuples, checked for shape)."""
+    entries = safe_loads(payload)
+    if not isinstance(entries, list):
+        raise ProtocolError("batch payload is not a list")
+    for entry in entries:
+        if not isinstance(entry, tuple) or len(entry) != 4 or type(entry[0]) is not int:
+            raise ProtocolError("malformed batch entry")
+    return entries
+
+
+# --- stream framing (worker agent <-> library process) ---------------------------------
+
+_COUNT = struct.Struct("!I")
+_LENGTH = struct.Struct("!Q")
+
+
+def pack_stream(frames: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Buffers to write to a stream for one message: a frame count, then length + bytes each."""
+    out: list[bytes | memoryview] = [_COUNT.pack(len(frames))]
+    for frame in frames:
+        out.append(_LENGTH.pack(len(frame)))
+        out.append(frame)
+    return out
+
+
+class StreamDecoder:
+    """Turns bytes read from a stream back into frame lists, one per message."""
+
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_message_bytes
+
+    def feed(self, data: bytes) -> Iterator[list[bytes]]:
+        """Add ``data``; yield every message that is now complete."""
+        self._buffer += data
+        while True:
+            message = self._take_one()
+            if message is None:
+                return
+            yield message
+
+    def _take_one(self) -> list[bytes] | None:
+        buf = self._buffer
+        if len(buf) < _COUNT.size:
+            return None
+        (count,) = _COUNT.unpack_from(buf, 0)
+        if count > 16:
+            raise ProtocolError(f"stream message with {count} frames")
+        offset = _COUNT.size
+        bounds = []
+        for _ in range(count):
+            if len(buf) < offset + _LENGTH.size:
+                return None
+            (length,) = _LENGTH.unpack_from(buf, offset)
+            if length > self._max:
+                raise ProtocolError(f"stream frame of {length} bytes is over the limit")
+            offset += _LENGTH.size
+            bounds.append((offset, offset + length))
+            offset += length
+        if len(buf) < offset:
+            return None
+        frames = [bytes(buf[start:end]) for start, end in bounds]
+        del buf[:offset]
+        return frames

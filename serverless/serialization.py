@@ -1,0 +1,187 @@
+"""Turning functions, arguments, results and exceptions into bytes and back.
+
+* Libraries (functions, setup) travel **by value**: cloudpickle, with the functions' own
+  modules pickled by value too when they are user code rather than installed packages, so a
+  function defined in a script, a notebook, a test file or a closure runs on a worker that
+  does not have that file. dill is the fallback for what cloudpickle cannot pickle. This
+  happens once per library, never per call.
+* Arguments and results use the standard pickle (protocol 5, fast C code) and fall back to
+  cloudpickle for lambdas and other local objects.
+* A raised exception travels as itself when it pickles and unpickles, with its traceback
+  text; otherwise the manager raises :class:`FunctionError` with the type name and text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+
+from .errors import (
+    ArgumentNotSerializable,
+    FunctionError,
+    RemoteTraceback,
+    ResultNotSerializable,
+    SerializationError,
+)
+from .protocol import safe_dumps, safe_loads
+
+__all__ = [
+    "dumps_by_value",
+    "loads_by_value",
+    "dumps_args",
+    "loads_args",
+    "dumps_result",
+    "loads_result",
+    "encode_exception",
+    "decode_exception",
+]
+
+_PICKLE = 5
+_CLOUDPICKLE = b"c"
+_DILL = b"d"
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
+
+
+def _is_user_module(module: types.ModuleType | None) -> bool:
+    """True for a module that is the user's own code (not stdlib, not an installed package)."""
+    if module is None or module.__name__ == "__main__":
+        return False  # __main__ is pickled by value by cloudpickle already
+    if module.__name__.split(".")[0] in ("serverless", "cloudpickle", "dill"):
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    return not os.path.realpath(path).startswith(_installed_roots())
+
+
+@contextlib.contextmanager
+def _user_modules_by_value(objects: list[Any]) -> Iterator[None]:
+    """While pickling ``objects``, pickle their user-code modules by value."""
+    registered = []
+    for obj in objects:
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if _is_user_module(module) and module not in registered:
+            try:
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(module)
+            except ValueError:  # already registered by the user
+                pass
+    try:
+        yield
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def dumps_by_value(obj: Any, functions: list[Any] | None = None) -> bytes:
+    """Pickle ``obj`` by value (cloudpickle, then dill); ``functions`` name whose modules to carry."""
+    errors = []
+    with _user_modules_by_value(functions or []):
+        try:
+            return _CLOUDPICKLE + cloudpickle.dumps(obj, protocol=_PICKLE)
+        except Exception as exc:
+            errors.append(f"cloudpickle: {type(exc).__name__}: {exc}")
+    try:
+        import dill
+
+        return _DILL + dill.dumps(obj, protocol=_PICKLE, recurse=True)
+    except Exception as exc:
+        errors.append(f"dill: {type(exc).__name__}: {exc}")
+    raise SerializationError("cannot pickle by value: " + "; ".join(errors))
+
+
+def loads_by_value(blob: bytes) -> Any:
+    """Inverse of :func:`dumps_by_value`."""
+    kind, body = blob[:1], memoryview(blob)[1:]
+    if kind == _DILL:
+        import dill
+
+        return dill.loads(body)
+    return pickle.loads(body)
+
+
+def _dumps_fallback(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, _PICKLE)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=_PICKLE)
+
+
+def dumps_args(args: tuple, kwargs: dict) -> bytes:
+    """The pickled arguments of one call; ArgumentNotSerializable if they cannot be pickled."""
+    try:
+        return _dumps_fallback((args, kwargs))
+    except Exception as exc:
+        raise ArgumentNotSerializable(
+            f"the call's arguments cannot be pickled: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def loads_args(blob: bytes) -> tuple[tuple, dict]:
+    return pickle.loads(blob)
+
+
+def dumps_result(value: Any) -> bytes:
+    """The pickled return value; ResultNotSerializable if it cannot be pickled."""
+    try:
+        return _dumps_fallback(value)
+    except Exception as exc:
+        raise ResultNotSerializable(
+            f"the function's return value ({type(value).__qualname__}) cannot be pickled: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def loads_result(blob: bytes | memoryview) -> Any:
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:
+        raise ResultNotSerializable(
+            f"the function's return value cannot be unpickled here: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def encode_exception(exc: BaseException) -> bytes:
+    """Payload for a RAISED result: the exception (if it pickles), its type name, text, traceback."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    exc.__traceback__ = None  # tracebacks do not pickle; the text carries them
+    try:
+        pickled = _dumps_fallback(exc)
+    except Exception:
+        pickled = b""
+    return safe_dumps((pickled, type_name, message, tb_text))
+
+
+def decode_exception(payload: bytes | memoryview) -> BaseException:
+    """The exception to raise for a RAISED result, with the remote traceback as ``__cause__``."""
+    pickled, type_name, message, tb_text = safe_loads(payload)
+    exc: BaseException | None = None
+    if pickled:
+        try:
+            exc = pickle.loads(pickled)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = FunctionError(type_name, message, tb_text)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
+    return exc

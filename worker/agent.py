@@ -1,0 +1,315 @@
+"""The worker agent: one per node, between the manager and the library processes.
+
+    manager --Welcome/Reject------------> registered (or exit)
+            --Deploy--------------------> start a library process, forward the Deploy to it
+            --Calls / Cancel------------> forward to the instance's process, payload untouched
+            --StopInstance--------------> forward; once the process exits: InstanceStopped
+            --Shutdown------------------> stop every instance, exit
+    library --InstanceReady/Failed------> forward to the manager
+            --Results-------------------> forward to the manager, payload untouched
+            --EOF (the process ended)---> InstanceFailed naming the exit code or signal,
+                                          with the tail of the instance's log
+
+The agent decodes only envelopes; call arguments and results pass through as opaque
+frames. It sends a Heartbeat when it has sent nothing for an interval and takes the
+manager for gone when it has heard nothing for the heartbeat timeout; then it stops its
+libraries (whose forked children die with them) and exits. It is single-threaded.
+
+Exit codes: 0 shut down by the manager or a signal; 4 rejected by the manager;
+5 the manager was lost or never answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from serverless.errors import ProtocolError, describe_exit
+from serverless.protocol import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Calls,
+    Cancel,
+    Deploy,
+    Goodbye,
+    Heartbeat,
+    InstanceFailed,
+    InstanceReady,
+    InstanceStopped,
+    Message,
+    Register,
+    Reject,
+    Results,
+    Shutdown,
+    StopInstance,
+    Welcome,
+    decode,
+    encode,
+)
+from serverless.transport import connect_dealer, new_context
+
+from .library_handle import LibraryHandle
+from .processes import set_title
+
+__all__ = ["WorkerConfig", "WorkerAgent", "EXIT_OK", "EXIT_REJECTED", "EXIT_MANAGER_LOST"]
+
+log = logging.getLogger("serverless.worker")
+
+EXIT_OK, EXIT_REJECTED, EXIT_MANAGER_LOST = 0, 4, 5
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker agent runs."""
+
+    manager: str
+    cores: float
+    memory_mb: int
+    name: str | None = None
+    workdir: Path = field(default_factory=lambda: Path.cwd() / "serverless-worker")
+    connect_timeout: float = 60.0
+    stop_grace: float = 3.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+
+class _Terminate(BaseException):
+    """SIGTERM or SIGINT: stop cleanly."""
+
+
+class WorkerAgent:
+    """Runs the loop described in the module docstring until told to stop."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._context = new_context()
+        self._sock, self.identity = connect_dealer(
+            self._context, config.manager, config.name, config.max_message_bytes
+        )
+        self._handles: dict[int, LibraryHandle] = {}
+        self._stopping: dict[int, tuple[LibraryHandle, float]] = {}
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._by_fd: dict[int, LibraryHandle] = {}  # zmq.Poller reports raw sockets by fd
+        self._registered = False
+        self._heartbeat_interval = 1.0
+        self._heartbeat_timeout = config.connect_timeout
+        self._last_sent = self._last_heard = time.monotonic()
+        self._exit_code: int | None = None
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        set_title(f"worker {self.identity} -> {self.config.manager}")
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        reason = "worker stopped"
+        try:
+            self._send(Register(
+                PROTOCOL_VERSION, self.identity, socket.gethostname(), os.getpid(),
+                float(self.config.cores), int(self.config.memory_mb), sys.executable,
+            ))
+            while self._exit_code is None:
+                self._turn()
+        except _Terminate:
+            reason = "worker terminated by a signal"
+            self._exit_code = EXIT_OK
+        finally:
+            self._stop_all()
+            if self._registered and self._exit_code != EXIT_MANAGER_LOST:
+                self._send(Goodbye(reason))
+            self._sock.close(linger=0)
+            self._context.term()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._exit_code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        raise _Terminate()
+
+    def _turn(self) -> None:
+        for handle in self._handles.values():
+            if handle.wants_write():
+                self._poller.register(handle.sock, zmq.POLLIN | zmq.POLLOUT)
+        timeout_ms = int(min(self._heartbeat_interval, 0.25) * 1000)
+        events = self._poller.poll(timeout_ms)
+        for sock, event in events:
+            if sock is self._sock:
+                self._read_manager()
+            else:
+                handle = self._by_fd.get(sock)
+                if handle is None:
+                    continue
+                if event & zmq.POLLOUT:
+                    handle.flush()
+                    if not handle.wants_write():
+                        self._poller.register(handle.sock, zmq.POLLIN)
+                if event & zmq.POLLIN:
+                    self._read_library(handle)
+        self._tick()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for instance_id, (handle, since) in list(self._stopping.items()):
+            if handle.process.poll() is None and now - since < self.config.stop_grace:
+                continue
+            handle.exit_code(wait=0.5)
+            del self._stopping[instance_id]
+            self._send(InstanceStopped(instance_id))
+        if now - self._last_heard > self._heartbeat_timeout:
+            what = "heartbeats stopped" if self._registered else "no answer to registration"
+            log.error("manager %s lost (%s); stopping", self.config.manager, what)
+            self._exit_code = EXIT_MANAGER_LOST
+        elif self._registered and now - self._last_sent >= self._heartbeat_interval:
+            self._send(Heartbeat())
+
+    # --- from the manager -------------------------------------------------------------
+
+    def _read_manager(self) -> None:
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the manager: %s", exc)
+                continue
+            self._on_manager_message(msg, frames)
+            if self._exit_code is not None:
+                return
+
+    def _on_manager_message(self, msg: Message, frames: list[bytes]) -> None:
+        if isinstance(msg, (Calls, Cancel)):
+            handle = self._handles.get(msg.instance_id)
+            if handle is not None:  # else it died; the manager retries what it held
+                handle.send(frames)
+        elif isinstance(msg, Deploy):
+            self._deploy(msg, frames)
+        elif isinstance(msg, StopInstance):
+            self._stop_instance(msg.instance_id, frames)
+        elif isinstance(msg, Welcome):
+            self._registered = True
+            self._heartbeat_interval = msg.heartbeat_interval
+            self._heartbeat_timeout = msg.heartbeat_timeout
+            log.info("registered with %s as %s", self.config.manager, msg.worker_id)
+        elif isinstance(msg, Reject):
+            log.error("the manager rejected this worker: %s", msg.reason)
+            self._exit_code = EXIT_REJECTED
+        elif isinstance(msg, Shutdown):
+            log.info("shutdown by the manager: %s", msg.reason)
+            self._exit_code = EXIT_OK
+        elif not isinstance(msg, Heartbeat):
+            log.warning("unexpected %s from the manager", msg.TAG)
+
+    def _deploy(self, msg: Deploy, frames: list[bytes]) -> None:
+        log_path = self.config.workdir / f"{msg.library}-{msg.instance_id}.log"
+        try:
+            handle = LibraryHandle(
+                msg.instance_id, msg.library, msg.options.get("python"),
+                dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
+                self.config.max_message_bytes,
+            )
+        except Exception as exc:
+            self._send(InstanceFailed(
+                msg.instance_id, f"could not start library {msg.library!r}: {exc}", "", True
+            ))
+            return
+        self._handles[msg.instance_id] = handle
+        self._by_fd[handle.fileno()] = handle
+        self._poller.register(handle.sock, zmq.POLLIN)
+        handle.send(frames)
+
+    def _stop_instance(self, instance_id: int, frames: list[bytes]) -> None:
+        handle = self._handles.pop(instance_id, None)
+        if handle is None:
+            self._send(InstanceStopped(instance_id))
+            return
+        handle.stopping = True
+        handle.send(frames)
+        self._forget(handle, close=False)
+        self._stopping[instance_id] = (handle, time.monotonic())
+
+    # --- from library processes -------------------------------------------------------
+
+    def _read_library(self, handle: LibraryHandle) -> None:
+        try:
+            messages = handle.read()
+        except ProtocolError as exc:
+            log.error("library %s#%d sent garbage (%s); killing it", handle.library, handle.instance_id, exc)
+            handle.kill()
+            messages = None
+        for frames in messages or ():
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.error("library %s#%d: %s", handle.library, handle.instance_id, exc)
+                continue
+            if isinstance(msg, InstanceReady):
+                handle.ready = True
+            elif isinstance(msg, InstanceFailed):
+                handle.stopping = True  # its exit needs no second report
+            elif not isinstance(msg, Results):
+                log.warning("unexpected %s from a library", msg.TAG)
+                continue
+            self._send_frames(frames)
+        if messages is None:
+            self._library_ended(handle)
+
+    def _library_ended(self, handle: LibraryHandle) -> None:
+        exit_code = handle.exit_code()
+        self._forget(handle, close=True)
+        self._handles.pop(handle.instance_id, None)
+        if handle.stopping:
+            return
+        reason = f"library {handle.library!r} instance {handle.instance_id} ended with {describe_exit(exit_code)}"
+        log.warning("%s", reason)
+        self._send(InstanceFailed(handle.instance_id, reason, _tail(handle.log_path), not handle.ready))
+
+    def _forget(self, handle: LibraryHandle, close: bool) -> None:
+        self._by_fd.pop(handle.fileno(), None)
+        try:
+            self._poller.unregister(handle.sock)
+        except KeyError:
+            pass
+        if close:
+            handle.close()
+
+    def _stop_all(self) -> None:
+        handles = list(self._handles.values()) + [h for h, _ in self._stopping.values()]
+        for handle in handles:
+            handle.stopping = True
+            handle.close()  # EOF: each library kills its children and exits
+        for handle in handles:
+            handle.stop(self.config.stop_grace)
+        self._handles.clear()
+        self._stopping.clear()
+
+    # --- sending ----------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._send_frames(encode(msg))
+
+    def _send_frames(self, frames: list) -> None:
+        self._sock.send_multipart(frames, copy=len(frames[-1]) < 65536)
+        self._last_sent = time.monotonic()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file (what the process said before it ended)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,144 @@
+"""The worker agent's handle on one library process: start it, talk to it, stop it.
+
+The process is a fresh interpreter (``python -m serverless.worker.library_runtime``), never
+a fork of the agent. It gets one end of a socketpair; the agent keeps the other end
+non-blocking, with an outbox so that a slow library never blocks the agent's loop.
+Its stdout and stderr (and those of its forked call children) go to a log file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from serverless.protocol import StreamDecoder, pack_stream
+
+from .processes import thread_limit_env
+
+__all__ = ["LibraryHandle"]
+
+_READ_SIZE = 1 << 20
+
+
+class LibraryHandle:
+    """One running library instance process."""
+
+    def __init__(
+        self,
+        instance_id: int,
+        library: str,
+        python: str | None,
+        env: dict[str, str],
+        cores: float,
+        slots: int,
+        log_path: Path,
+        max_message_bytes: int,
+    ) -> None:
+        self.instance_id = instance_id
+        self.library = library
+        self.log_path = log_path
+        self.ready = False
+        self.stopping = False
+        self.decoder = StreamDecoder(max_message_bytes)
+        self._outbox: deque[memoryview] = deque()
+        parent_sock, child_sock = socket.socketpair()
+        self.sock = parent_sock
+        self.sock.setblocking(False)
+        full_env = dict(os.environ)
+        for name, value in thread_limit_env(cores, slots).items():
+            full_env.setdefault(name, value)
+        full_env.update(env)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab", buffering=0) as log:
+            self.process = subprocess.Popen(
+                [python or sys.executable, "-m", "serverless.worker.library_runtime",
+                 str(child_sock.fileno()), str(os.getpid())],
+                pass_fds=(child_sock.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=full_env,
+                start_new_session=True,  # a terminal's Ctrl-C goes to the agent only
+            )
+        child_sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, frames: list) -> None:
+        """Queue one message's frames; write as much as the socket takes now."""
+        self._outbox.extend(memoryview(b) for b in pack_stream(frames))
+        self.flush()
+
+    def wants_write(self) -> bool:
+        return bool(self._outbox)
+
+    def flush(self) -> None:
+        outbox = self._outbox
+        try:
+            while outbox:
+                sent = self.sock.sendmsg(list(outbox)[:64])
+                while sent and outbox:
+                    head = outbox[0]
+                    if sent >= len(head):
+                        sent -= len(head)
+                        outbox.popleft()
+                    else:
+                        outbox[0] = head[sent:]
+                        sent = 0
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            outbox.clear()  # the process is gone; its EOF will be seen by the loop
+
+    def read(self) -> list[list[bytes]] | None:
+        """Messages that arrived, or None at EOF (the process closed its end or died)."""
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            return None
+        return list(self.decoder.feed(data))
+
+    def exit_code(self, wait: float = 2.0) -> int:
+        """The process's exit code once it ends (killed after ``wait`` seconds)."""
+        try:
+            return self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """Kill the process and the calls it forked (its children die with it)."""
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, grace: float = 2.0) -> int:
+        """Close the socket (the library kills its children and exits), escalating to SIGKILL."""
+        self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        return self.exit_code(wait=grace)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

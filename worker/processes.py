@@ -1,0 +1,54 @@
+"""Small process helpers shared by the worker agent and the library runtime."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+import setproctitle
+
+__all__ = ["die_with_parent", "set_title", "thread_limit_env"]
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def die_with_parent(expected_parent: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux).
+
+    If the parent is already gone (``expected_parent`` given and no longer our parent), exit.
+    Elsewhere than Linux this does nothing; the pipe-EOF rule still ends the process.
+    """
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def set_title(title: str) -> None:
+    """Name this process in ``ps`` (prefixed with ``serverless``)."""
+    setproctitle.setproctitle(f"serverless {title}")
+
+
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def thread_limit_env(cores: float, slots: int) -> dict[str, str]:
+    """Thread-count variables so that ``slots`` concurrent calls share ``cores`` without
+    oversubscription (each call's BLAS/OpenMP pool gets its share, at least one thread)."""
+    share = max(1, int(cores // max(1, slots)))
+    return {name: str(share) for name in _THREAD_VARIABLES}
