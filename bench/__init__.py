@@ -1,0 +1,16 @@
+"""The benchmark: the same calls through serverless, its floors, the regular way and peers.
+
+``python -m bench`` runs it (see ``python -m bench --help`` and docs/performance.md)::
+
+    cli ──plan──> runner ──for each (workload, system)──> System.open / run_all / latency / close
+                    │                                        │
+                    └──> Run records (seconds, calls/s, p50/p99, correct?) ──> report (table,
+                                                                               targets, JSON)
+                                                                          ──> chart (PNG)
+
+One module per job: :mod:`bench.funcs` holds the functions every system runs,
+:mod:`bench.workloads` what is called with which arguments and library imports,
+:mod:`bench.systems` one adapter per system, :mod:`bench.runner` the timing,
+:mod:`bench.report` and :mod:`bench.chart` the output, :mod:`bench.machine` the machine
+facts, :mod:`bench.breakdown` the per-call cost breakdown of the engine.
+"""
