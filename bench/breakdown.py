@@ -6,20 +6,27 @@ library (``--imports`` adds modules) and, after a warm-up:
 1. runs N calls submit-all-then-wait and reads the CPU each part used (:mod:`bench.cpu`):
    microseconds of CPU per call for the manager's threads, the worker agent, the library
    processes and the forked calls, next to the wall time per call;
-2. runs them again with cProfile on in the manager loop thread: its top functions by own
-   time, per call (cProfile slows what it watches; the ranking is what counts);
+2. runs them again with cProfile on in the manager loop thread and in the submitting
+   thread: their top functions by own time, per call (cProfile slows what it watches;
+   the ranking is what counts);
 3. runs them again with py-spy sampling the worker agent and a library process (when
    py-spy is installed): the functions they are most often running;
 4. times ``--latency-n`` calls one in flight, split at the manager: submit, loop wake-up,
    sending, the remote part (worker agent + library), settling the future, waking the
    caller.
 
-It prints a report and writes ``DIR/breakdown-<time>.json``.
+With ``--queued N`` it also queues N calls on a manager with no worker and reports the
+memory each queued call holds (growth of the process's resident memory, including the
+caller's list of futures) and the submitting CPU per call.
+
+In fork mode it also runs the fork floor (:mod:`bench.floor_worker`) on the same calls,
+for its wall and CPU per call. It prints a report and writes ``DIR/breakdown-<time>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import shutil
 import statistics
@@ -83,7 +90,7 @@ class _LatencyMarks:
 
 
 def _latency(manager: Any, library: str, count: int, marks: _LatencyMarks | None) -> dict[str, Any]:
-    rows = []
+    rows: list[tuple[float | None, ...]] = []
     for i in range(count):
         if marks is not None:
             marks.marks.clear()
@@ -102,7 +109,7 @@ def _latency(manager: Any, library: str, count: int, marks: _LatencyMarks | None
             rows.append((returned - started, None, None, None, None, None, done - started))
     split = {}
     for index, phase in enumerate(PHASES):
-        values = [r[index] for r in rows if r[index] is not None]
+        values = [v for r in rows if (v := r[index]) is not None]
         split[phase] = statistics.median(values) * 1e6 if values else None
     return {"calls": count, "median_us": split}
 
@@ -113,6 +120,25 @@ def _batch(manager: Any, library: str, n: int) -> float:
     if [f.result() for f in futures] != [i + 1 for i in range(n)]:
         raise AssertionError("wrong results")
     return time.perf_counter() - started
+
+
+def _floor(n: int, imports: tuple[str, ...]) -> dict[str, Any]:
+    """The fork floor on the same calls, for comparison: wall and CPU per call."""
+    from bench.systems.floor import FloorSystem
+    from bench.workloads import Workload
+
+    floor = FloorSystem("fork")
+    workload = Workload("breakdown", "add", imports, "throughput", n, "floor for the breakdown")
+    floor.open(workload)
+    try:
+        batch = floor.run_all(workload.arguments())
+        facts = floor.facts()
+    finally:
+        floor.close()
+    if batch.results != workload.expected(workload.arguments()):
+        raise AssertionError("the floor returned wrong results")
+    return {"wall_us_per_call": batch.seconds / n * 1e6, "calls_per_second": n / batch.seconds,
+            "processes": facts["processes"], "cpu_us_per_call": facts["cpu_us_per_call"]}
 
 
 def measure_mode(mode: str, n: int, imports: tuple[str, ...], latency_n: int,
@@ -141,9 +167,13 @@ def measure_mode(mode: str, n: int, imports: tuple[str, ...], latency_n: int,
             report["cpu_us_per_call_total"] = sum(cpu.values())
 
             if hooked and profiler.switch(True):
+                submitting = cProfile.Profile()
+                submitting.enable()
                 _batch(manager, "breakdown", n)
+                submitting.disable()
                 profiler.switch(False)
                 report["manager_loop_profile"] = top_functions(profiler.profile, n)
+                report["submitting_thread_profile"] = top_functions(submitting, n)
             else:
                 report["manager_loop_profile_error"] = profiler.error or "the loop did not respond"
 
@@ -154,6 +184,9 @@ def measure_mode(mode: str, n: int, imports: tuple[str, ...], latency_n: int,
                 spies += [PySpy(p.pid, f"library {p.pid}") for p in _library_processes(workers)[:1]]
                 _batch(manager, "breakdown", n)
                 report["py_spy"] = {spy.label: spy.stop() for spy in spies}
+
+            if mode == "fork":
+                report["floor"] = _floor(n, imports)
 
             if latency_n:
                 use_marks = marks.install()
@@ -170,6 +203,35 @@ def measure_mode(mode: str, n: int, imports: tuple[str, ...], latency_n: int,
     return report
 
 
+def queued_memory(count: int) -> dict[str, Any]:
+    """Bytes of resident memory per queued call: ``count`` calls, no worker to run them."""
+    import gc
+
+    import psutil
+    import serverless
+
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-queued-"))
+    me = psutil.Process()
+    try:
+        manager = serverless.Manager(local_workers=0, log_dir=log_dir)  # calls stay queued
+        try:
+            manager.install(serverless.Library("queued", {"add": funcs.add}))
+            gc.collect()
+            before = me.memory_info().rss
+            started = time.perf_counter()
+            futures = [manager.call("queued", "add", i, 1) for i in range(count)]
+            submit = time.perf_counter() - started
+            gc.collect()
+            after = me.memory_info().rss
+            pending = sum(1 for f in futures if not f.done())
+        finally:
+            manager.shutdown(cancel_futures=True)  # fails every queued call at once
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return {"calls": count, "still_pending": pending, "rss_growth_bytes": after - before,
+            "bytes_per_call": (after - before) / count, "submit_us_per_call": submit / count * 1e6}
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"== {report['mode']} mode: {report['calls']:,} trivial calls, submit all then wait"
              f"{' (imports ' + ','.join(report['imports']) + ')' if report['imports'] else ''}",
@@ -178,9 +240,19 @@ def render(report: dict[str, Any]) -> str:
     for part, us in report["cpu_us_per_call"].items():
         lines.append(f"  {part:28s} {us:9.1f} us")
     lines.append(f"  {'total':28s} {report['cpu_us_per_call_total']:9.1f} us")
-    if "manager_loop_profile" in report:
-        lines.append("manager loop thread, cProfile, own time per call (top):")
-        for row in report["manager_loop_profile"][:12]:
+    floor = report.get("floor")
+    if floor:
+        cpu = floor["cpu_us_per_call"]
+        lines.append(f"fork floor, same calls ({floor['processes']} bare loops): "
+                     f"{floor['wall_us_per_call']:.1f} us per call ({floor['calls_per_second']:,.0f} "
+                     f"calls/s); CPU per call: loop {cpu['process']:.1f} us, forked calls "
+                     f"{cpu['children']:.1f} us, total {sum(cpu.values()):.1f} us")
+    for key, what in (("manager_loop_profile", "manager loop thread"),
+                      ("submitting_thread_profile", "submitting thread (call() and result())")):
+        if key not in report:
+            continue
+        lines.append(f"{what}, cProfile, own time per call (top):")
+        for row in report[key][:12]:
             waiting = "  (blocked: waiting, not CPU)" if row["waiting"] else ""
             lines.append(f"  {row['own_us_per_call']:7.2f} us  ({row['calls_per_call']:.2f}x)  "
                          f"{row['function']}{waiting}")
@@ -210,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imports", default="", help="comma-separated modules the library imports")
     parser.add_argument("--latency-n", type=int, default=500, help="calls one in flight (0: none)")
     parser.add_argument("--no-py-spy", action="store_true", help="do not sample with py-spy")
+    parser.add_argument("--queued", type=int, default=0,
+                        help="also measure memory per queued call with this many calls (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     imports = tuple(m for m in args.imports.split(",") if m)
@@ -219,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         report = measure_mode(mode, n, imports, args.latency_n, not args.no_py_spy)
         document["reports"].append(report)
         print(render(report), flush=True)
+        print()
+    if args.queued:
+        queued = queued_memory(args.queued)
+        document["queued"] = queued
+        print(f"== {queued['calls']:,} queued calls (no worker): {queued['bytes_per_call']:,.0f} bytes "
+              f"each ({queued['rss_growth_bytes'] / 2**20:,.0f} MB in all, "
+              f"{queued['still_pending']:,} pending), {queued['submit_us_per_call']:.1f} us to submit each")
         print()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"breakdown-{time.strftime('%Y%m%d-%H%M%S')}.json"

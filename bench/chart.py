@@ -69,8 +69,11 @@ def draw(runs: list[Run], workloads: list[Workload], path: Path, title: str) -> 
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if any(r.extrapolated for r in runs):
+        fig.text(0.01, 0.005, "* hatched: ran a sample of the calls; rate measured on the sample",
+                 fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, pil_kwargs={"optimize": True})
     plt.close(fig)
     return path

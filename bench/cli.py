@@ -57,7 +57,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat-budget", type=float, default=10.0,
                         help="no further repeat once a run's repeats would exceed these seconds (default 10)")
     parser.add_argument("--api", choices=("call", "map"), default="call",
-                        help="serverless submits with Manager.call per call or one Manager.map (default call)")
+                        help="serverless submits with one Manager.call per call, or one Manager.map "
+                             "(default call)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
                         help="directory for the JSON and PNG (default bench/results)")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")

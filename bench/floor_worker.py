@@ -7,8 +7,10 @@ instance does, writes one ready byte, then serves requests read from stdin::
 
     request  (mode, what, function, [pickled args, ...])   mode: "fork" | "direct"
                                                            what: "throughput" | "latency"
-    reply    ([pickled result, ...], seconds)              seconds: the whole loop ("throughput")
-                                                           or one per call ("latency")
+    reply    ([pickled result, ...], seconds, cpu)         seconds: the whole loop ("throughput")
+                                                           or one per call ("latency");
+                                                           cpu: CPU seconds of this process
+                                                           and of its reaped children
 
 Fork mode forks a child per call: the child unpickles the arguments, calls, pickles the
 result, writes it to a pipe and ``_exit``\\ s; the parent takes the result as soon as it is
@@ -23,6 +25,7 @@ import gc
 import importlib
 import os
 import pickle
+import resource
 import struct
 import sys
 import time
@@ -93,13 +96,27 @@ def direct_call(function: Callable[..., Any], blob: bytes) -> bytes:
     return pickle.dumps(function(*pickle.loads(blob)), 5)
 
 
-def serve(request: tuple) -> tuple[list[bytes], Any]:
+def _cpu() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+def serve(request: tuple) -> tuple[list[bytes], Any, dict[str, float]]:
     mode, what, function_name, blobs = request
     from bench import funcs
 
-    function = getattr(funcs, function_name)
-    one = fork_call if mode == "fork" else direct_call
     results: list[bytes] = []
+    before = _cpu()
+    seconds = _loop(mode, what, getattr(funcs, function_name), blobs, results)
+    after = _cpu()
+    cpu = {"process": after[0] - before[0], "children": after[1] - before[1]}
+    return results, seconds, cpu
+
+
+def _loop(mode: str, what: str, function: Callable[..., Any], blobs: list[bytes],
+          results: list[bytes]) -> Any:
+    one = fork_call if mode == "fork" else direct_call
     if what == "latency":
         seconds = []
         for blob in blobs:
@@ -107,13 +124,13 @@ def serve(request: tuple) -> tuple[list[bytes], Any]:
             results.append(one(function, blob))
             seconds.append(time.perf_counter() - started)
         _reap(block=True)
-        return results, seconds
+        return seconds
     started = time.perf_counter()
     for blob in blobs:
         results.append(one(function, blob))
     elapsed = time.perf_counter() - started
     _reap(block=True)
-    return results, elapsed
+    return elapsed
 
 
 def _read_request(stream: BinaryIO) -> tuple | None:

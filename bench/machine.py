@@ -47,10 +47,10 @@ def _cpu_model() -> str:
 def _git() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+                              timeout=10).stdout
 
     try:
-        return {"commit": git("rev-parse", "HEAD"),
+        return {"commit": git("rev-parse", "HEAD").strip(),
                 "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines()]}
     except (OSError, subprocess.SubprocessError):
         return {}

@@ -1,11 +1,12 @@
 """Dask distributed: a LocalCluster of one single-threaded worker process per core, on
-127.0.0.1, no dashboard. Calls go in with one ``Client.map`` (``pure=False``: every call
-runs) and come back with one ``Client.gather``. ``Client.run`` imports the workload's
-modules in every worker first.
+127.0.0.1, no dashboard, its logs silenced (its workers complain on shutdown). Calls go in
+with one ``Client.map`` (``pure=False``: every call runs) and come back with one
+``Client.gather``. ``Client.run`` imports the workload's modules in every worker first.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bench import funcs
@@ -34,7 +35,8 @@ class DaskCluster(System):
         from distributed import Client, LocalCluster
 
         self._cluster = LocalCluster(n_workers=cores(), threads_per_worker=1, processes=True,
-                                     host="127.0.0.1", dashboard_address=None)
+                                     host="127.0.0.1", dashboard_address=None,
+                                     silence_logs=logging.CRITICAL)
         self._client = Client(self._cluster)
         self._client.run(funcs.import_modules, workload.imports)
         self._function = function_of(workload)

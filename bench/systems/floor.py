@@ -4,7 +4,8 @@
 of the calls, all at once: what serverless fork mode (one instance per core, slots=1) could
 reach with no manager, no worker agent and no messages. ``floor-direct`` runs the in-process
 call loop (unpickle, call, pickle) the same way. Each floor process times its own loop; a
-batch takes as long as the slowest of them. Latency uses one floor process.
+batch takes as long as the slowest of them. Latency uses one floor process. The CPU each
+loop and its forked children used is recorded (``facts()["cpu_us_per_call"]``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class _FloorProcess:
         self.stdin.write(_LENGTH.pack(len(data)) + data)
         self.stdin.flush()
 
-    def receive(self) -> tuple[list[bytes], Any]:
+    def receive(self) -> tuple[list[bytes], Any, dict[str, float]]:
         header = self.stdout.read(_LENGTH.size)
         if len(header) < _LENGTH.size:
             raise RuntimeError(f"floor process died (exit {self.process.wait()})")
@@ -72,9 +73,13 @@ class FloorSystem(System):
                             else "bare in-process call loop per core (unpickle, call, pickle)")
         self._processes: list[_FloorProcess] = []
         self._function = ""
+        self._cpu = {"process": 0.0, "children": 0.0}
+        self._calls = 0
 
     def open(self, workload: Workload) -> None:
         self._function = workload.function
+        self._cpu = {"process": 0.0, "children": 0.0}
+        self._calls = 0
         count = 1 if workload.kind == "latency" else cores()
         self._processes = [_FloorProcess(workload.imports) for _ in range(count)]
 
@@ -88,19 +93,29 @@ class FloorSystem(System):
         results: list[Any] = []
         slowest = 0.0
         for process in self._processes:
-            blobs_out, seconds = process.receive()
+            blobs_out, seconds, cpu = process.receive()
+            self._count_cpu(cpu, len(blobs_out))
             results += [pickle.loads(b) for b in blobs_out]
             slowest = max(slowest, seconds)
         return Timed(results, slowest)
 
+    def _count_cpu(self, cpu: dict[str, float], calls: int) -> None:
+        for part in self._cpu:
+            self._cpu[part] += cpu[part]
+        self._calls += calls
+
     def latency(self, arguments: list[tuple]) -> tuple[list[Any], list[float]]:
         process = self._processes[0]
         process.send((self.mode, "latency", self._function, [pickle.dumps(a, 5) for a in arguments]))
-        blobs_out, seconds = process.receive()
+        blobs_out, seconds, cpu = process.receive()
+        self._count_cpu(cpu, len(blobs_out))
         return [pickle.loads(b) for b in blobs_out], seconds
 
     def facts(self) -> dict[str, Any]:
-        return {"processes": len(self._processes)}
+        """Processes used, and CPU microseconds per call of the loop and of forked children."""
+        calls = max(1, self._calls)
+        return {"processes": len(self._processes),
+                "cpu_us_per_call": {part: used / calls * 1e6 for part, used in self._cpu.items()}}
 
     def close(self) -> None:
         for process in self._processes:

@@ -6,6 +6,7 @@ every ObjectRef. Warm-up tasks import the workload's modules in the workers firs
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -34,7 +35,7 @@ class RayCluster(System):
         import ray
 
         ray.init(num_cpus=cores(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level="ERROR", log_to_driver=False, configure_logging=False)
+                 logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
         self._remote = ray.remote(num_cpus=1)(function_of(workload))
         warm = ray.remote(num_cpus=1)(funcs.import_modules)
         ray.get([warm.remote(workload.imports) for _ in range(4 * cores())])

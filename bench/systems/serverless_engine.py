@@ -58,8 +58,13 @@ class ServerlessSystem(System):
         if warm_results != workload.expected(warm):
             raise AssertionError("wrong results during warm-up")
 
+    def _target(self) -> tuple[str, str]:
+        assert self._workload is not None, "open() first"
+        return self._workload.library, self._workload.function
+
     def run_all(self, arguments: list[tuple]) -> Timed:
-        manager, library, function = self._manager, self._workload.library, self._workload.function
+        manager = self._manager
+        library, function = self._target()
         if self.api == "map":
             return timed(lambda: list(manager.map(library, function, *zip(*arguments))))
 
@@ -71,7 +76,7 @@ class ServerlessSystem(System):
         return timed(run)
 
     def call_one(self, args: tuple) -> Any:
-        return self._manager.call(self._workload.library, self._workload.function, *args).result()
+        return self._manager.call(*self._target(), *args).result()
 
     def facts(self) -> dict[str, Any]:
         return {"api": self.api, "library_processes": self._library_processes()}

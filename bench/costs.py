@@ -1,0 +1,223 @@
+"""The unit costs behind the breakdown, measured here: ``python -m bench.costs``.
+
+    fork loops   CPU and minor page faults per call, parent and child, of
+                 - the bare floor loop (:func:`bench.floor_worker.fork_call`),
+                 - the same loop in a process with the library runtime's imports,
+                 - the engine's own ForkExecutor (one slot), as a library runs it,
+                 - the same ForkExecutor with the child's set-up (``_become_child``) skipped
+    transport    round trip of a small message: socketpair (64 KiB and 1 MiB reads, as the
+                 agent and library read), zmq DEALER/ROUTER over TCP loopback
+
+Each measurement runs in a fresh interpreter (``python -m bench.costs --one NAME``) so that
+imports do not leak between them. The ForkExecutor ones use the engine's private classes
+(``serverless.worker.fork_executor``); if those change, they report an error instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pickle
+import resource
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+FORK_LOOPS = ("floor", "floor+runtime-imports", "fork-executor", "fork-executor-bare-child")
+TRANSPORTS = ("socketpair-64k", "socketpair-1m", "zmq-tcp")
+
+
+def _usage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
+    return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+
+def _per_call(before: Any, after: Any, calls: int, seconds: float) -> dict[str, float]:
+    (s0, c0), (s1, c1) = before, after
+
+    def cpu(a: Any, b: Any) -> float:
+        return ((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)) / calls * 1e6
+
+    return {"wall_us": seconds / calls * 1e6, "parent_cpu_us": cpu(s0, s1),
+            "child_cpu_us": cpu(c0, c1), "parent_faults": (s1.ru_minflt - s0.ru_minflt) / calls,
+            "child_faults": (c1.ru_minflt - c0.ru_minflt) / calls}
+
+
+def _floor_loop(calls: int, runtime_imports: bool) -> dict[str, float]:
+    if runtime_imports:
+        import serverless.worker.library_runtime  # noqa: F401
+    from bench import funcs
+    from bench.floor_worker import _reap, fork_call
+
+    gc.collect()
+    gc.freeze()
+    blob = pickle.dumps((1, 2), 5)
+    before, started = _usage(), time.perf_counter()
+    for _ in range(calls):
+        fork_call(funcs.add, blob)
+    _reap(block=True)
+    return _per_call(before, _usage(), calls, time.perf_counter() - started)
+
+
+def _fork_executor(calls: int, bare_child: bool) -> dict[str, float]:
+    from serverless.serialization import dumps_args
+    from serverless.worker.fork_executor import ForkExecutor
+    from serverless.worker.processes import die_with_parent
+
+    from bench import funcs
+
+    die_with_parent(os.getppid())  # as the library's main() does
+    selector = selectors.DefaultSelector()
+    results: list[tuple] = []
+    executor = ForkExecutor({"add": funcs.add}, 1, selector, results.append, selector.close, "costs")
+    if bare_child:
+        executor._become_child = lambda name: None  # type: ignore[method-assign]
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+    gc.collect()
+    gc.freeze()
+    blob = dumps_args((1, 2), {})
+    before, started = _usage(), time.perf_counter()
+    executor.submit([(i, "add", blob, None) for i in range(calls)])
+    while len(results) < calls or executor.busy():
+        for key, _ in selector.select(5.0):
+            if key.data == "sigchld":
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                executor.reap()
+            else:
+                executor.on_readable(key.data)
+    measured = _per_call(before, _usage(), calls, time.perf_counter() - started)
+    if any(entry[1] != 0 for entry in results):
+        raise AssertionError("a call failed")
+    return measured
+
+
+def _socketpair(calls: int, read_size: int) -> dict[str, float]:
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        a.close()
+        while data := b.recv(read_size):
+            b.sendall(data)
+        os._exit(0)
+    b.close()
+    message, times = b"x" * 90, []
+    for _ in range(calls):
+        started = time.perf_counter()
+        a.sendall(message)
+        a.recv(read_size)
+        times.append(time.perf_counter() - started)
+    a.close()
+    os.waitpid(pid, 0)
+    return {"round_trip_p50_us": statistics.median(times) * 1e6}
+
+
+def _zmq_tcp(calls: int) -> dict[str, float]:
+    import zmq
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    pid = os.fork()
+    if pid == 0:
+        child = zmq.Context()
+        dealer = child.socket(zmq.DEALER)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hello")
+        while (frames := dealer.recv_multipart())[0] != b"stop":
+            dealer.send_multipart(frames)
+        os._exit(0)
+    identity, _ = router.recv_multipart()
+    times = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(calls):
+        started = time.perf_counter()
+        router.send_multipart([identity, b"x" * 90])
+        router.recv_multipart()
+        times.append(time.perf_counter() - started)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    router.send_multipart([identity, b"stop"])
+    os.waitpid(pid, 0)
+    router.close(linger=0)
+    context.term()
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    return {"round_trip_p50_us": statistics.median(times) * 1e6, "cpu_us_one_side": cpu / calls * 1e6}
+
+
+def measure_one(name: str, calls: int) -> dict[str, float]:
+    if name == "floor":
+        return _floor_loop(calls, runtime_imports=False)
+    if name == "floor+runtime-imports":
+        return _floor_loop(calls, runtime_imports=True)
+    if name == "fork-executor":
+        return _fork_executor(calls, bare_child=False)
+    if name == "fork-executor-bare-child":
+        return _fork_executor(calls, bare_child=True)
+    if name == "socketpair-64k":
+        return _socketpair(calls * 10, 1 << 16)
+    if name == "socketpair-1m":
+        return _socketpair(calls * 10, 1 << 20)
+    if name == "zmq-tcp":
+        return _zmq_tcp(calls * 2)
+    raise ValueError(f"unknown measurement {name!r}")
+
+
+def _in_fresh_interpreter(name: str, calls: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-m", "bench.costs", "--one", name, "-n", str(calls)],
+                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=600)
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+    return json.loads(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=1500, help="forks per fork loop (default 1500)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.n)))
+        return 0
+    print(f"fork loops, {args.n} calls each, one at a time (per call):")
+    print(f"  {'':26s} {'wall':>8s} {'parent CPU':>11s} {'child CPU':>10s} "
+          f"{'parent faults':>14s} {'child faults':>13s}")
+    for name in FORK_LOOPS:
+        row = _in_fresh_interpreter(name, args.n)
+        if "error" in row:
+            print(f"  {name:26s} error: {row['error']}")
+            continue
+        print(f"  {name:26s} {row['wall_us']:6.0f}us {row['parent_cpu_us']:9.0f}us "
+              f"{row['child_cpu_us']:8.0f}us {row['parent_faults']:14.0f} {row['child_faults']:13.0f}")
+    print("transport, one small message there and back (median):")
+    for name in TRANSPORTS:
+        row = _in_fresh_interpreter(name, args.n)
+        if "error" in row:
+            print(f"  {name:26s} error: {row['error']}")
+            continue
+        extra = f", {row['cpu_us_one_side']:.0f} us CPU on one side" if "cpu_us_one_side" in row else ""
+        print(f"  {name:26s} {row['round_trip_p50_us']:6.0f} us{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
