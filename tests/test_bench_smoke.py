@@ -5,6 +5,7 @@ benchmark never rots. Peers that need optional packages (Parsl, Ray, Dask) are n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,7 +23,10 @@ from bench.systems import make_systems  # noqa: E402
 from bench.workloads import make_workloads  # noqa: E402
 
 SYSTEMS = ["regular", "floor", "serverless-fork", "serverless-direct", "mp-pool"]
-WORKLOADS = ["trivial", "numpy_pandas", "latency", "medium"]
+HAS_PANDAS = all(importlib.util.find_spec(m) for m in ("numpy", "pandas"))
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+# the numpy+pandas library needs both installed (the bench extra); without them the rest still runs
+WORKLOADS = ["trivial", "numpy_pandas", "latency", "medium"] if HAS_PANDAS else ["trivial", "medium"]
 
 
 @pytest.mark.timeout(120)
@@ -52,11 +56,15 @@ def test_bench_runs_every_default_system_and_writes_json(tmp_path: Path) -> None
             assert run["rate"] > 0
     assert ran[("trivial", "regular")]["extrapolated"] is True
     assert ran[("trivial", "regular")]["n"] == 2
-    assert ran[("latency", "serverless-direct")]["latency"]["p50"] > 0
     assert ran[("trivial", "serverless-fork")]["facts"]["library_processes"] >= 1
+    assert ran[("trivial", "floor-fork")]["facts"]["cpu_us_per_call"]["children"] > 0
     assert document["targets"], "the targets of issue 3 are evaluated"
-    assert (out / json_path.name.replace(".json", ".png")).stat().st_size > 1000
-    assert "calls/s" in done.stdout and "p50" in done.stdout
+    assert "calls/s" in done.stdout
+    if HAS_PANDAS:
+        assert ran[("latency", "serverless-direct")]["latency"]["p50"] > 0
+        assert "p50" in done.stdout
+    if HAS_MATPLOTLIB:
+        assert (out / json_path.name.replace(".json", ".png")).stat().st_size > 1000
 
 
 def _run(workload: str, system: str, rate: float, n: int = 100, full_n: int = 100) -> Run:
