@@ -12,5 +12,7 @@ One module per job: :mod:`bench.funcs` holds the functions every system runs,
 :mod:`bench.workloads` what is called with which arguments and library imports,
 :mod:`bench.systems` one adapter per system, :mod:`bench.runner` the timing,
 :mod:`bench.report` and :mod:`bench.chart` the output, :mod:`bench.machine` the machine
-facts, :mod:`bench.breakdown` the per-call cost breakdown of the engine.
+facts, :mod:`bench.floor_worker` the floors' bare loops. Apart from the comparison,
+``python -m bench.breakdown`` splits a call's cost in the engine (:mod:`bench.cpu`,
+:mod:`bench.profiling`) and ``python -m bench.costs`` measures the unit costs beneath it.
 """
