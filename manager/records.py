@@ -18,6 +18,7 @@ __all__ = [
     "STARTING",
     "READY",
     "STOPPING",
+    "DRAINING",
     "Action",
     "DeployInstance",
     "SendCalls",
@@ -27,7 +28,7 @@ __all__ = [
     "CallsFailed",
 ]
 
-STARTING, READY, STOPPING = "starting", "ready", "stopping"
+STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping"
 
 
 class CallRecord:

@@ -30,6 +30,7 @@ from serverless.errors import LibraryFailed, ManagerClosed, UnknownLibrary, Work
 
 from .policy import SchedulingPolicy
 from .records import (
+    DRAINING,
     READY,
     STARTING,
     STOPPING,
@@ -68,6 +69,7 @@ class Scheduler:
         self.instances: dict[int, InstanceRecord] = {}
         self.now = 0.0
         self._instance_ids = itertools.count(1)
+        self._waiting: set[str] = set()  # libraries with calls but no room for an instance
 
     # --- libraries --------------------------------------------------------------------
 
@@ -88,7 +90,9 @@ class Scheduler:
             return []
         stranded = [c for c in record.pending if not c.cancelled]
         for instance_id in record.instances:
-            stranded += self.instances[instance_id].outstanding.values()
+            instance = self.instances[instance_id]
+            stranded += instance.outstanding.values()
+            instance.outstanding.clear()  # stop now, do not drain
         actions = self._stop_instances(list(record.instances))
         if stranded:
             actions.append(CallsFailed(stranded, UnknownLibrary(f"library {name!r} was removed")))
@@ -112,6 +116,9 @@ class Scheduler:
             error = record.failed if record else UnknownLibrary(f"library {name!r} is not installed")
             actions.append(CallsFailed(stranded, error))
         for record in touched.values():
+            if not record.instances:  # about to need room: others must leave it some
+                self._waiting.add(record.name)
+        for record in sorted(touched.values(), key=lambda r: len(r.instances)):
             actions += self._schedule(record)
         return actions
 
@@ -133,6 +140,11 @@ class Scheduler:
         instance.served += len(finished)
         record = self.libraries.get(instance.library)
         actions: list[Action] = [CallsFinished(finished)]
+        if instance.state == DRAINING:
+            if not outstanding:
+                actions += self._stop_instances([instance_id])
+        elif self._waiting and not outstanding and not (record and record.pending):
+            actions += self._schedule_waiting()
         if record is not None:
             mean = total / len(finished)
             previous = record.mean_duration
@@ -241,9 +253,20 @@ class Scheduler:
             prefetch = min(policy.max_prefetch, max(policy.min_prefetch, wanted))
         return slots * (1 + prefetch)
 
+    def _schedule_waiting(self) -> list[Action]:
+        actions: list[Action] = []
+        for name in list(self._waiting):
+            record = self.libraries.get(name)
+            if record is None or not record.pending:
+                self._waiting.discard(name)
+            else:
+                actions += self._schedule(record)
+        return actions
+
     def _schedule_all(self) -> list[Action]:
         actions: list[Action] = []
-        for record in list(self.libraries.values()):
+        # libraries with the fewest instances first, so none starves another
+        for record in sorted(self.libraries.values(), key=lambda r: len(r.instances)):
             if record.pending:
                 actions += self._schedule(record)
         return actions
@@ -285,13 +308,17 @@ class Scheduler:
         actions: list[Action] = []
         live = [self.instances[i] for i in record.instances]
         coming = sum(self._window(record) for i in live if i.state == STARTING)
-        count = sum(1 for i in live if i.state != STOPPING)
+        count = sum(1 for i in live if i.state in (STARTING, READY))
         while len(record.pending) > coming:
             if spec.max_instances is not None and count >= spec.max_instances:
                 break
+            if count and self._someone_starves(record.name):
+                break  # leave the room to a library that has no instance at all
             fitting = [w for w in self.workers.values() if w.fits(spec.cores, spec.memory_mb)]
             if not fitting:
-                actions += self._make_room(record)
+                if not count:
+                    self._waiting.add(record.name)
+                    actions += self._make_room(record)
                 break
             worker = self.policy.placement.choose(fitting, spec.cores, spec.memory_mb)
             instance = InstanceRecord(next(self._instance_ids), record.name, worker.worker_id,
@@ -305,30 +332,58 @@ class Scheduler:
             actions.append(DeployInstance(worker.worker_id, instance.instance_id, record.name))
             coming += instance.window
             count += 1
+            self._waiting.discard(record.name)
         return actions
 
+    def _someone_starves(self, name: str) -> bool:
+        for other in self._waiting:
+            record = self.libraries.get(other)
+            if other != name and record is not None and record.pending and record.failed is None:
+                return True
+        return False
+
     def _make_room(self, record: LibraryRecord) -> list[Action]:
-        """Stop idle instances of other libraries on a worker where that makes room."""
+        """Free a worker for a library that has calls but no instance and no room.
+
+        Idle instances of other libraries are stopped at once; failing that, one instance
+        of the library holding the most is drained (it gets no new calls and stops when its
+        outstanding calls are done), so that no library starves another.
+        """
         spec = record.spec
-        if any(i.state == STOPPING for i in self.instances.values() if i.library != record.name):
+        if any(i.state in (STOPPING, DRAINING) for i in self.instances.values()):
             return []  # room is already being made; wait for it
+        best: tuple[int, list[InstanceRecord]] | None = None
         for worker in self.workers.values():
-            idle = [self.instances[i] for i in worker.instances]
-            idle = [i for i in idle if i.library != record.name and i.state == READY
-                    and not i.outstanding and not self._has_pending(i.library)]
-            freed_cores = sum(i.cores for i in idle)
-            freed_memory = sum(i.memory_mb for i in idle)
-            if idle and worker.used_cores - freed_cores + spec.cores <= worker.cores + 1e-9 \
-                    and worker.used_memory_mb - freed_memory + spec.memory_mb <= worker.memory_mb:
-                victims, cores, memory = [], 0.0, 0
-                for instance in idle:  # stop only as many as needed
-                    victims.append(instance.instance_id)
-                    cores += instance.cores
-                    memory += instance.memory_mb
-                    if worker.fits(spec.cores - cores, spec.memory_mb - memory):
-                        break
-                return self._stop_instances(victims)
-        return []
+            if worker.cores < spec.cores or worker.memory_mb < spec.memory_mb:
+                continue
+            others = [self.instances[i] for i in worker.instances]
+            others = [i for i in others if i.library != record.name and i.state in (STARTING, READY)]
+            # idle first, then the instances of libraries holding many, then the least busy
+            others.sort(key=lambda i: (bool(i.outstanding) or self._has_pending(i.library),
+                                       -len(self.libraries[i.library].instances)
+                                       if i.library in self.libraries else 0,
+                                       len(i.outstanding)))
+            victims, cores, memory = [], 0.0, 0
+            for instance in others:
+                victims.append(instance)
+                cores += instance.cores
+                memory += instance.memory_mb
+                if worker.fits(spec.cores - cores, spec.memory_mb - memory):
+                    break
+            else:
+                continue
+            busy = sum(1 for v in victims if v.outstanding or self._has_pending(v.library))
+            if best is None or busy < best[0]:
+                best = (busy, victims)
+        if best is None:
+            return []
+        actions: list[Action] = []
+        for victim in best[1]:
+            if victim.outstanding:
+                victim.state = DRAINING
+            else:
+                actions += self._stop_instances([victim.instance_id])
+        return actions
 
     def _has_pending(self, library: str) -> bool:
         record = self.libraries.get(library)
@@ -339,6 +394,9 @@ class Scheduler:
         for instance_id in instance_ids:
             instance = self.instances.get(instance_id)
             if instance is None or instance.state == STOPPING:
+                continue
+            if instance.outstanding:  # finish what it holds first
+                instance.state = DRAINING
                 continue
             instance.state = STOPPING
             actions.append(StopInstanceAction(instance.worker_id, instance_id))
