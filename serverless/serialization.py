@@ -5,6 +5,9 @@
   function defined in a script, a notebook, a test file or a closure runs on a worker that
   does not have that file. dill is the fallback for what cloudpickle cannot pickle. This
   happens once per library, never per call.
+  cloudpickle blanks the file names of the code it carries; ours keeps them and carries the
+  source lines of those files too, so a remote traceback names the user's file and shows
+  the failing line even on a machine that does not have the file.
 * Arguments and results use the standard pickle (protocol 5, fast C code) and fall back to
   cloudpickle for lambdas and other local objects.
 * A raised exception travels as itself when it pickles and unpickles, with its traceback
@@ -14,8 +17,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import linecache
 import os
 import pickle
+import struct
 import sys
 import sysconfig
 import traceback
@@ -24,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle_impl
 
 from .errors import (
     ArgumentNotSerializable,
@@ -88,26 +95,77 @@ def _user_modules_by_value(objects: list[Any]) -> Iterator[None]:
             cloudpickle.unregister_pickle_by_value(module)
 
 
+_SOURCE_LIMIT = 1 << 20  # bytes of source carried per file, at most
+_DYNAMIC_FILENAME = "<dynamic-code>"
+
+
+class _SourceKeepingPickler(cloudpickle.Pickler):
+    """cloudpickle, but code objects keep their file name and the files' lines are noted."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        self.filenames: set[str] = set()
+        table = dict(cloudpickle.Pickler.dispatch_table)
+        table[types.CodeType] = self._reduce_code
+        self.dispatch_table = table  # before __init__: the C pickler reads it there
+        super().__init__(file, protocol=_PICKLE)
+
+    def _reduce_code(self, code: types.CodeType) -> tuple:
+        rebuild, args = _cloudpickle_impl._code_reduce(code)
+        self.filenames.add(code.co_filename)
+        position = args.index(_DYNAMIC_FILENAME)  # the first str field equal to it: co_filename
+        return rebuild, args[:position] + (code.co_filename,) + args[position + 1 :]
+
+
+def _source_lines(filenames: set[str]) -> dict[str, list[str]]:
+    """The lines of each file (or notebook cell) code came from, for remote tracebacks."""
+    sources = {}
+    for filename in sorted(filenames):
+        lines = linecache.getlines(filename)
+        if lines and sum(map(len, lines)) <= _SOURCE_LIMIT:
+            sources[filename] = lines
+    return sources
+
+
+def _frame(kind: bytes, sources: dict[str, list[str]], body: bytes) -> bytes:
+    header = pickle.dumps(sources, _PICKLE)
+    return kind + struct.pack("!I", len(header)) + header + body
+
+
 def dumps_by_value(obj: Any, functions: list[Any] | None = None) -> bytes:
-    """Pickle ``obj`` by value (cloudpickle, then dill); ``functions`` name whose modules to carry."""
+    """Pickle ``obj`` by value (cloudpickle, then dill); ``functions`` name whose modules to carry.
+
+    The blob also carries the source lines of the files the pickled code came from.
+    """
     errors = []
     with _user_modules_by_value(functions or []):
         try:
-            return _CLOUDPICKLE + cloudpickle.dumps(obj, protocol=_PICKLE)
+            buffer = io.BytesIO()
+            pickler = _SourceKeepingPickler(buffer)
+            pickler.dump(obj)
+            return _frame(_CLOUDPICKLE, _source_lines(pickler.filenames), buffer.getvalue())
         except Exception as exc:
             errors.append(f"cloudpickle: {type(exc).__name__}: {exc}")
     try:
         import dill
 
-        return _DILL + dill.dumps(obj, protocol=_PICKLE, recurse=True)
+        body = dill.dumps(obj, protocol=_PICKLE, recurse=True)
+        filenames = {f.__code__.co_filename for f in functions or [] if hasattr(f, "__code__")}
+        return _frame(_DILL, _source_lines(filenames), body)
     except Exception as exc:
         errors.append(f"dill: {type(exc).__name__}: {exc}")
     raise SerializationError("cannot pickle by value: " + "; ".join(errors))
 
 
 def loads_by_value(blob: bytes) -> Any:
-    """Inverse of :func:`dumps_by_value`."""
-    kind, body = blob[:1], memoryview(blob)[1:]
+    """Inverse of :func:`dumps_by_value`; makes the carried source lines known to linecache."""
+    view = memoryview(blob)
+    kind = bytes(view[:1])
+    (header_size,) = struct.unpack_from("!I", view, 1)
+    sources = pickle.loads(view[5 : 5 + header_size])
+    for filename, lines in sources.items():
+        if not os.path.exists(filename):  # a file here wins; else mtime None keeps the entry
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    body = view[5 + header_size :]
     if kind == _DILL:
         import dill
 
