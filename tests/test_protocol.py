@@ -1,0 +1,134 @@
+"""The wire protocol on its own: every message round-trips, malformed input is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import typing
+
+import pytest
+
+from serverless import protocol
+from serverless.errors import ProtocolError
+from serverless.protocol import (
+    MESSAGES,
+    PROTOCOL_VERSION,
+    Calls,
+    Heartbeat,
+    Register,
+    Results,
+    StreamDecoder,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    pack_stream,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+_SAMPLES = {int: 7, float: 1.5, str: "text", bytes: b"payload", dict: {"k": 1}, tuple: (1, 2),
+            bool: True, list: [1]}
+
+
+def sample(cls: type) -> protocol.Message:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        base = typing.get_origin(hint) or hint
+        if base in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            base = typing.get_args(hint)[0]
+        values[f.name] = _SAMPLES.get(base, None)
+    return cls(**values)
+
+
+@pytest.mark.parametrize("tag", sorted(MESSAGES))
+def test_every_message_round_trips(tag):
+    message = sample(MESSAGES[tag])
+    frames = encode(message)
+    back = decode([bytes(f) for f in frames])
+    assert type(back) is type(message)
+    for f in dataclasses.fields(message):
+        assert bytes(getattr(back, f.name)) == bytes(getattr(message, f.name)) \
+            if f.name == "payload" else getattr(back, f.name) == getattr(message, f.name)
+
+
+def test_register_carries_the_protocol_version():
+    frames = encode(Register(PROTOCOL_VERSION, "w", "host", 1, 2.0, 1024, "3.11"))
+    assert decode(frames).version == PROTOCOL_VERSION
+
+
+def test_tags_are_unique_and_registered():
+    assert len({cls.TAG for cls in MESSAGES.values()}) == len(MESSAGES)
+    assert all(MESSAGES[cls.TAG] is cls for cls in MESSAGES.values())
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b""],
+    [b"not a pickle"],
+    [pickle.dumps(["calls", 1, 1])],                    # not a tuple
+    [pickle.dumps(("no-such-tag",))],
+    [pickle.dumps(("calls", 1))],                       # missing a field
+    [pickle.dumps(("calls", "1", 1)), b""],             # wrong field type
+    [pickle.dumps(("calls", True, 1)), b""],            # a bool is not an int here
+    [pickle.dumps(("calls", 1, 1))],                    # missing its payload frame
+    [pickle.dumps(("heartbeat",)), b"extra"],           # a frame too many
+])
+def test_malformed_frames_raise_protocol_error(frames):
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo should-never-run",))
+
+
+def test_an_envelope_that_would_run_code_is_refused():
+    with pytest.raises(ProtocolError):
+        decode([pickle.dumps(("heartbeat", _RunsCode()))])
+    with pytest.raises(ProtocolError):
+        decode_batch(pickle.dumps([(1, _RunsCode(), b"", None)]))
+
+
+def test_batches_round_trip_and_are_checked_for_shape():
+    entries = [(1, "add", b"args", None), (2, "add", b"args", 5.0)]
+    assert decode_batch(encode_batch(entries)) == entries
+    for bad in [{"not": "a list"}, [(1, 2, 3)], [("id", "f", b"", None)], [[1, "f", b"", None]]]:
+        with pytest.raises(ProtocolError):
+            decode_batch(pickle.dumps(bad))
+
+
+def test_payload_frames_are_passed_through_untouched():
+    payload = os.urandom(1000)
+    message = decode(encode(Calls(3, 1, payload)))
+    assert bytes(message.payload) == payload and message.instance_id == 3
+
+
+def _chunks(data: bytes, size: int):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_stream_framing_survives_any_split(chunk):
+    messages = [encode(Heartbeat()), encode(Results(1, 2, b"x" * 5000)), encode(Heartbeat())]
+    stream = b"".join(bytes(part) for m in messages for part in pack_stream(m))
+    decoder = StreamDecoder()
+    out = [frames for piece in _chunks(stream, chunk) for frames in decoder.feed(piece)]
+    assert [type(decode(frames)) for frames in out] == [Heartbeat, Results, Heartbeat]
+    assert bytes(decode(out[1]).payload) == b"x" * 5000
+
+
+def test_stream_decoder_refuses_frames_over_its_limit():
+    decoder = StreamDecoder(max_message_bytes=100)
+    stream = b"".join(bytes(p) for p in pack_stream([b"x" * 101]))
+    with pytest.raises(ProtocolError, match="over the limit"):
+        list(decoder.feed(stream))
+
+
+def test_stream_decoder_refuses_absurd_frame_counts():
+    with pytest.raises(ProtocolError):
+        list(StreamDecoder().feed((1 << 30).to_bytes(4, "big")))
