@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from serverless.protocol import MAX_MESSAGE_BYTES
+from serverless.security import require_secret
 
 from .policy import SchedulingPolicy
 
@@ -25,7 +26,13 @@ class ManagerConfig:
     max_retries: how often a call lost with its worker or instance is retried elsewhere.
     max_start_failures, start_backoff: a library that fails to start this many times in a row
         is marked failed; between attempts wait start_backoff * 2**(n-1) seconds.
-    max_message_bytes: the largest message accepted from a peer.
+    max_message_bytes: the largest message accepted from a peer (zmq drops a connection
+        that sends more); a call whose result is larger fails with ResultTooLarge.
+    secret: authenticates workers and encrypts traffic (CURVE keys derived from it): the
+        secret itself (str or bytes, 16+ characters), True to generate one, or None. Required
+        to listen on anything but loopback. Workers read it from ``Manager.secret_file``.
+    secret_file: read the secret from this file (mode 0600); if the file does not exist,
+        a new secret is generated and written there. See docs/security.md.
     policy: which instance gets calls and where new instances go.
     """
 
@@ -42,6 +49,8 @@ class ManagerConfig:
     start_backoff: float = 0.5
     max_message_bytes: int = MAX_MESSAGE_BYTES
     policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
+    secret: str | bytes | bool | None = field(default=None, repr=False)
+    secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.local_workers is not None and self.local_workers < 0:
@@ -52,6 +61,13 @@ class ManagerConfig:
             raise ValueError("max_retries must be >= 0 and max_start_failures >= 1")
         if self.log_dir is not None:
             self.log_dir = Path(self.log_dir)
+        if not 65536 <= self.max_message_bytes <= 2**62:
+            raise ValueError("max_message_bytes must be between 64 KiB and 2**62")
+        if self.secret_file is not None:
+            self.secret_file = Path(self.secret_file)
+            if self.secret not in (None, False):
+                raise ValueError("give secret or secret_file, not both")
+        require_secret(self.host, self.secret not in (None, False) or self.secret_file is not None)
 
     @classmethod
     def names(cls) -> set[str]:

@@ -5,6 +5,8 @@ so the same program runs on a laptop and, with ``local_workers=0``, against remo
 workers. Local workers are ordinary ``serverless-worker`` processes. They are started from
 the manager's loop thread and die with it (PR_SET_PDEATHSIG), so they never outlive the
 manager; a normal shutdown stops them with a Shutdown message, then SIGTERM, then SIGKILL.
+When the manager has a secret, its workers learn only where the secret file is (through
+SERVERLESS_SECRET_FILE in their environment), never the secret on their command line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from serverless.security import SECRET_FILE_ENV
+
 __all__ = ["LocalWorkers"]
 
 log = logging.getLogger("serverless.manager")
@@ -26,7 +30,7 @@ class LocalWorkers:
     """Starts and stops the manager's local worker processes."""
 
     def __init__(self, count: int, cores: float | None, memory_mb: int | None, log_dir: Path,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, secret_file: Path | None = None) -> None:
         self.count = count
         total_cores = cores if cores is not None else float(os.cpu_count() or 1)
         total_memory = memory_mb if memory_mb is not None else psutil.virtual_memory().total // 2**20
@@ -34,6 +38,7 @@ class LocalWorkers:
         self.memory_mb = int(total_memory // count) if count else 0
         self.log_dir = log_dir
         self.connect_timeout = connect_timeout
+        self.secret_file = secret_file
         self.processes: list[subprocess.Popen] = []
 
     def start(self, address: str) -> None:
@@ -49,9 +54,12 @@ class LocalWorkers:
                 "--connect-timeout", repr(self.connect_timeout),
                 "--die-with-parent", str(os.getpid()),
             ]
+            env = {k: v for k, v in os.environ.items() if k != SECRET_FILE_ENV}
+            if self.secret_file is not None:
+                env[SECRET_FILE_ENV] = str(self.secret_file)
             with open(workdir / "worker.log", "ab", buffering=0) as out:
                 self.processes.append(subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                     start_new_session=True,  # Ctrl-C reaches the manager, which stops us
                 ))
 

@@ -29,6 +29,8 @@ import zmq
 
 from serverless.errors import (
     ArgumentNotSerializable,
+    ProtocolVersionError,
+    ResultTooLarge,
     CallCancelled,
     CallCrashed,
     CallOutOfMemory,
@@ -64,6 +66,7 @@ from serverless.protocol import (
     safe_loads,
 )
 from serverless.serialization import decode_exception, loads_result
+from serverless.security import CurveKeys
 from serverless.transport import Endpoint, bind_router, new_context
 
 from .config import ManagerConfig
@@ -102,13 +105,13 @@ class ManagerLoop:
     """Owns the ROUTER socket and the scheduler; run in its own thread by the Manager."""
 
     def __init__(self, config: ManagerConfig, scheduler: Scheduler,
-                 local_workers: LocalWorkers | None = None) -> None:
+                 local_workers: LocalWorkers | None = None, keys: CurveKeys | None = None) -> None:
         self.config = config
         self.local_workers = local_workers
         self.scheduler = scheduler
         self._context = new_context()
-        self._sock, self.endpoint = bind_router(
-            self._context, config.host, config.port, config.max_message_bytes)
+        self._sock, self.endpoint = bind_router(  # keys: CURVE + ZAP, see transport
+            self._context, config.host, config.port, config.max_message_bytes, keys)
         self._commands: deque[tuple[str, Any]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -233,6 +236,10 @@ class ManagerLoop:
             identity, frames = parts[0], parts[1:]
             try:
                 msg = decode(frames)
+            except ProtocolVersionError as exc:
+                log.warning("rejected a worker: %s", exc)
+                self._send(identity, Reject(str(exc)))
+                continue
             except ProtocolError as exc:
                 log.warning("dropped a malformed message from %r: %s", identity[:64], exc)
                 continue
@@ -266,7 +273,7 @@ class ManagerLoop:
         self._workers[identity] = WorkerInfo(worker_id, msg.hostname, msg.pid, msg.cores,
                                              msg.memory_mb, now, now)
         self._send(identity, Welcome(worker_id, self.config.heartbeat_interval,
-                                     self.config.heartbeat_timeout))
+                                     self.config.heartbeat_timeout, self.config.max_message_bytes))
         log.info("worker %s joined (%s, %.1f cores, %d MB)", worker_id, msg.hostname,
                  msg.cores, msg.memory_mb)
         self._perform(self.scheduler.worker_joined(worker_id, msg.cores, msg.memory_mb, msg.hostname))
@@ -405,6 +412,11 @@ def _error_for(call: CallRecord, status: int, payload: bytes) -> BaseException:
             return ArgumentNotSerializable(
                 f"{name}: the arguments could not be unpickled on the worker:\n"
                 + bytes(payload).decode(errors="replace"))
+        if status == CallStatus.RESULT_TOO_LARGE:
+            size, limit = safe_loads(payload)
+            return ResultTooLarge(f"{name} returned {size:,} bytes, over the manager's limit of "
+                                  f"{limit:,} (max_message_bytes): return less, or raise the limit",
+                                  size, limit)
         if status == CallStatus.UNKNOWN_FUNCTION:
             return UnknownFunction(f"library {call.library!r} has no function {call.function!r}")
     except (ProtocolError, ValueError, TypeError) as exc:

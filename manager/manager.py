@@ -20,6 +20,7 @@ from typing import Any
 
 from serverless.errors import ManagerClosed, UnknownFunction, UnknownLibrary
 from serverless.library import Library
+from serverless.security import ManagerSecret
 from serverless.serialization import dumps_args
 
 from .config import ManagerConfig
@@ -40,6 +41,8 @@ class Manager:
     ``Manager()`` starts local workers using this machine's cores (the embedded default).
     ``Manager(port=9123, local_workers=0)`` serves only remote workers, started with
     ``serverless-worker HOST:PORT``. Further settings: see :class:`ManagerConfig`.
+    Beyond loopback a secret is required: ``Manager("0.0.0.0", 9123, secret=True)``, and
+    workers started with ``--secret-file`` naming :attr:`secret_file` (docs/security.md).
 
     Use it as a context manager: leaving the block waits for the calls made in it, then
     stops the workers it started (or, when the block raised, fails the unfinished calls
@@ -59,14 +62,16 @@ class Manager:
         self._futures_lock = threading.Lock()
         self._unfinished: set[Future] = set()
         self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
+        self._secret = ManagerSecret(self.config.secret, self.config.secret_file)
         count = 1 if self.config.local_workers is None else self.config.local_workers
         local = None
         if count:
             local = LocalWorkers(count, self.config.local_cores, self.config.local_memory_mb,
-                                 self._log_dir, connect_timeout=self.config.heartbeat_timeout)
+                                 self._log_dir, connect_timeout=self.config.heartbeat_timeout,
+                                 secret_file=self._secret.file)
         self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
                                     self.config.max_start_failures, self.config.start_backoff)
-        self._loop = ManagerLoop(self.config, self._scheduler, local)
+        self._loop = ManagerLoop(self.config, self._scheduler, local, keys=self._secret.keys)
         self._loop.start()
 
     # --- properties -------------------------------------------------------------------
@@ -81,6 +86,13 @@ class Manager:
         """Where local workers write library logs: ``worker-N/<library>-<instance>.log``
         holds what that instance and its calls printed to stdout and stderr."""
         return self._log_dir
+
+    @property
+    def secret_file(self) -> Path | None:
+        """The file holding the secret, for ``serverless-worker --secret-file`` (None: no
+        secret). A secret given in memory or generated is written there with mode 0600, in
+        a private directory removed at shutdown."""
+        return self._secret.file
 
     def libraries(self) -> list[str]:
         return sorted(self._libraries)
@@ -200,6 +212,7 @@ class Manager:
             wait_for(unfinished, timeout=timeout)
         self._loop.command("stop", "the manager shut down")
         self._loop.join()
+        self._secret.cleanup()
 
     close = shutdown
 

@@ -31,6 +31,8 @@ from .errors import (
     ProtocolError,
     RemoteTraceback,
     ResultNotSerializable,
+    ResultTooLarge,
+    SecurityError,
     SerializationError,
     ServerlessError,
     UnknownFunction,
@@ -61,6 +63,7 @@ __all__ = [
     "SerializationError",
     "ArgumentNotSerializable",
     "ResultNotSerializable",
+    "ResultTooLarge",
     "FunctionError",
     "RemoteTraceback",
     "CallCrashed",
@@ -71,6 +74,7 @@ __all__ = [
     "WorkerLost",
     "ManagerClosed",
     "ProtocolError",
+    "SecurityError",
 ]
 
 _LAZY = {

@@ -18,6 +18,7 @@ __all__ = [
     "SerializationError",
     "ArgumentNotSerializable",
     "ResultNotSerializable",
+    "ResultTooLarge",
     "FunctionError",
     "RemoteTraceback",
     "CallCrashed",
@@ -28,6 +29,8 @@ __all__ = [
     "WorkerLost",
     "ManagerClosed",
     "ProtocolError",
+    "ProtocolVersionError",
+    "SecurityError",
     "describe_exit",
 ]
 
@@ -54,6 +57,22 @@ class ArgumentNotSerializable(SerializationError, TypeError):
 
 class ResultNotSerializable(SerializationError):
     """The function ran but its return value could not be pickled or unpickled."""
+
+
+class ResultTooLarge(ResultNotSerializable):
+    """The function ran but its pickled result is over the manager's ``max_message_bytes``.
+
+    The call fails; the worker and the library instance keep serving. ``size`` and ``limit``
+    are in bytes.
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):
+        return (ResultTooLarge, (str(self), self.size, self.limit))
 
 
 class RemoteTraceback(Exception):
@@ -153,3 +172,20 @@ class ManagerClosed(ServerlessError):
 
 class ProtocolError(ServerlessError):
     """A message could not be decoded or is not valid in this protocol version."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """A peer speaks another version of the protocol (``version`` is the peer's)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+    def __reduce__(self):
+        return (ProtocolVersionError, (str(self), self.version))
+
+
+class SecurityError(ServerlessError, ValueError):
+    """A setting that would be unsafe: listening beyond loopback without a secret, a secret
+    file other users can read, a secret too short to resist guessing. The message says what
+    to do instead (see docs/security.md)."""

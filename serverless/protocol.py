@@ -18,7 +18,19 @@ library processes, which talk over a local stream socket, :func:`pack_stream` an
 :class:`StreamDecoder` add length prefixes.
 
 The first message a worker sends, :class:`Register`, carries :data:`PROTOCOL_VERSION`; the
-manager answers :class:`Reject` if it differs.
+manager answers :class:`Reject` if it differs. ``Register``'s first field and ``Reject``'s
+single one are frozen across versions, so a peer of another version always gets a clear
+answer (:class:`~serverless.errors.ProtocolVersionError` is raised for its Register even
+when the rest of its layout differs).
+
+Validation: :func:`decode` raises :class:`ProtocolError` for anything malformed (never
+another exception, never runs code): a frame that is not a plain-value pickle, an unknown
+tag, a wrong field count or type, a negative count or id, a float that is not finite, a
+``Cancel`` with ids that are not ints, a ``Deploy`` whose options are not plain strings.
+The size of messages over zmq is bounded by the sockets (``max_message_bytes``, zmq's
+MAXMSGSIZE, which drops a connection that sends more); :func:`fit_results` keeps a
+worker's result batches under the manager's bound, failing only the calls whose own
+result is too large (status ``RESULT_TOO_LARGE``).
 
 Call batch entries are tuples ``(call_id, function, args, timeout)`` where ``args`` is the
 pickled ``(args, kwargs)`` and ``timeout`` is seconds or ``None``. Result batch entries are
@@ -31,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
+import math
 import pickle
 import struct
 import types
@@ -39,7 +52,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ProtocolVersionError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -66,11 +79,12 @@ __all__ = [
     "encode_batch",
     "decode_batch",
     "safe_loads",
+    "fit_results",
     "pack_stream",
     "StreamDecoder",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Welcome carries max_message_bytes; RESULT_TOO_LARGE
 MAX_MESSAGE_BYTES = 1 << 31  # the default ceiling on one message; configurable per peer
 _PICKLE = 5
 
@@ -87,6 +101,7 @@ class CallStatus(enum.IntEnum):
     RESULT_NOT_SERIALIZABLE = 6  # payload: utf-8 text of the error
     BAD_ARGUMENTS = 7  # payload: utf-8 traceback of the failed unpickling
     UNKNOWN_FUNCTION = 8  # payload: utf-8 name
+    RESULT_TOO_LARGE = 9  # payload: safe pickle of (result_bytes, limit_bytes)
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -122,6 +137,9 @@ class Message:
     TAG: ClassVar[str] = ""
     HAS_PAYLOAD: ClassVar[bool] = False
     _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]] = ()
+
+    def _validate(self) -> None:
+        """Checks beyond field types (override); raise ProtocolError."""
 
 
 _SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
@@ -191,6 +209,7 @@ class Welcome(Message):
     worker_id: str
     heartbeat_interval: float
     heartbeat_timeout: float
+    max_message_bytes: int  # the largest message the manager accepts: keep results under it
 
 
 @message("reject")
@@ -224,6 +243,15 @@ class Deploy(Message):
     memory_mb: int
     options: dict
     payload: bytes = b""
+
+    def _validate(self) -> None:
+        python = self.options.get("python")
+        env = self.options.get("env", {})
+        if python is not None and not isinstance(python, str):
+            raise ProtocolError("deploy.options.python: not a string")
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ProtocolError("deploy.options.env: not a dict of strings")
 
 
 @message("instance-ready")
@@ -290,6 +318,10 @@ class Cancel(Message):
     instance_id: int
     call_ids: tuple
 
+    def _validate(self) -> None:
+        if not all(type(call_id) is int for call_id in self.call_ids):
+            raise ProtocolError("cancel.call_ids: not all ints")
+
 
 @message("shutdown")
 @dataclass(frozen=True, slots=True)
@@ -325,23 +357,32 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     envelope = safe_loads(frames[0])
-    if not isinstance(envelope, tuple) or not envelope or not isinstance(envelope[0], str):
+    if not isinstance(envelope, tuple) or not envelope or type(envelope[0]) is not str:
         raise ProtocolError("envelope is not a tagged tuple")
     cls = MESSAGES.get(envelope[0])
     if cls is None:
         raise ProtocolError(f"unknown message tag {envelope[0][:40]!r}")
     values = envelope[1:]
+    if cls is Register and values and type(values[0]) is int and values[0] != PROTOCOL_VERSION:
+        raise ProtocolVersionError(
+            f"protocol version {values[0]} is not {PROTOCOL_VERSION}: run the same serverless "
+            "version on the manager and the workers", values[0])
     if len(values) != len(cls._CHECKS):
         raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
     for value, (name, allowed) in zip(values, cls._CHECKS):
         if not isinstance(value, allowed) or (allowed[0] is int and isinstance(value, bool)):
             raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
+        if isinstance(value, (int, float)) and not 0 <= value < math.inf:
+            raise ProtocolError(f"{cls.TAG}.{name}: {value!r} is out of range")
     expected_frames = 2 if cls.HAS_PAYLOAD else 1
     if len(frames) != expected_frames:
         raise ProtocolError(f"{cls.TAG}: expected {expected_frames} frames, got {len(frames)}")
     if cls.HAS_PAYLOAD:
-        return cls(*values, payload=frames[1])  # type: ignore[call-arg]
-    return cls(*values)
+        msg = cls(*values, payload=frames[1])  # type: ignore[call-arg]
+    else:
+        msg = cls(*values)
+    msg._validate()
+    return msg
 
 
 def encode_batch(entries: list[tuple]) -> bytes:
@@ -352,12 +393,43 @@ def encode_batch(entries: list[tuple]) -> bytes:
 def decode_batch(payload: bytes | memoryview) -> list[tuple]:
     """The entries of a Calls or Results payload (plain tuples, checked for shape)."""
     entries = safe_loads(payload)
-    if not isinstance(entries, list):
+    if type(entries) is not list:
         raise ProtocolError("batch payload is not a list")
     for entry in entries:
-        if not isinstance(entry, tuple) or len(entry) != 4 or type(entry[0]) is not int:
+        if type(entry) is not tuple or len(entry) != 4 or type(entry[0]) is not int:
             raise ProtocolError("malformed batch entry")
     return entries
+
+
+_ENVELOPE_ROOM = 4096  # bytes kept free for the envelope, pickle and CURVE framing
+_ENTRY_ROOM = 64  # pickle framing of one result entry
+
+
+def fit_results(msg: Results, frames: list, max_bytes: int) -> list[list]:
+    """The frames to send for ``msg`` so that none is over ``max_bytes``.
+
+    The fast path returns ``[frames]`` untouched. Otherwise the batch is decoded: an entry
+    whose own payload cannot fit is replaced by a ``RESULT_TOO_LARGE`` entry (that call
+    fails, the others do not), and the entries are packed into as many batches as needed.
+    """
+    budget = max_bytes - _ENVELOPE_ROOM
+    if sum(len(frame) for frame in frames) <= budget:
+        return [frames]
+    batches: list[list[tuple]] = [[]]
+    used = 0
+    for entry in decode_batch(msg.payload):
+        call_id, _status, payload, duration = entry
+        size = (len(payload) if isinstance(payload, (bytes, bytearray)) else 0) + _ENTRY_ROOM
+        if size > budget:
+            too_large = safe_dumps((size - _ENTRY_ROOM, max_bytes))
+            entry = (call_id, int(CallStatus.RESULT_TOO_LARGE), too_large, duration)
+            size = len(too_large) + _ENTRY_ROOM
+        if used + size > budget and batches[-1]:
+            batches.append([])
+            used = 0
+        batches[-1].append(entry)
+        used += size
+    return [encode(Results(msg.instance_id, len(batch), encode_batch(batch))) for batch in batches]
 
 
 # --- stream framing (worker agent <-> library process) ---------------------------------

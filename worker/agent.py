@@ -6,7 +6,10 @@
             --StopInstance--------------> forward; once the process exits: InstanceStopped
             --Shutdown------------------> stop every instance, exit
     library --InstanceReady/Failed------> forward to the manager
-            --Results-------------------> forward to the manager, payload untouched
+            --Results-------------------> forward to the manager, payload untouched (a batch
+                                          over the manager's max_message_bytes is split, a
+                                          result too large alone fails its call:
+                                          protocol.fit_results)
             --EOF (the process ended)---> InstanceFailed naming the exit code or signal,
                                           with the tail of the instance's log
 
@@ -53,7 +56,9 @@ from serverless.protocol import (
     Welcome,
     decode,
     encode,
+    fit_results,
 )
+from serverless.security import CurveKeys
 from serverless.transport import connect_dealer, new_context
 
 from .library_handle import LibraryHandle
@@ -78,6 +83,7 @@ class WorkerConfig:
     connect_timeout: float = 60.0
     stop_grace: float = 3.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    curve_keys: CurveKeys | None = None  # from the secret: CURVE to the manager (transport)
 
 
 class _Terminate(BaseException):
@@ -91,8 +97,9 @@ class WorkerAgent:
         self.config = config
         self._context = new_context()
         self._sock, self.identity = connect_dealer(
-            self._context, config.manager, config.name, config.max_message_bytes
+            self._context, config.manager, config.name, config.max_message_bytes, config.curve_keys
         )
+        self._send_limit = config.max_message_bytes  # lowered to the manager's by Welcome
         self._handles: dict[int, LibraryHandle] = {}
         self._stopping: dict[int, tuple[LibraryHandle, float]] = {}
         self._poller = zmq.Poller()
@@ -200,6 +207,7 @@ class WorkerAgent:
             self._registered = True
             self._heartbeat_interval = msg.heartbeat_interval
             self._heartbeat_timeout = msg.heartbeat_timeout
+            self._send_limit = min(self._send_limit, msg.max_message_bytes)
             log.info("registered with %s as %s", self.config.manager, msg.worker_id)
         elif isinstance(msg, Reject):
             log.error("the manager rejected this worker: %s", msg.reason)
@@ -216,7 +224,7 @@ class WorkerAgent:
             handle = LibraryHandle(
                 msg.instance_id, msg.library, msg.options.get("python"),
                 dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
-                self.config.max_message_bytes,
+                max(self.config.max_message_bytes, MAX_MESSAGE_BYTES),  # big results fail alone
             )
         except Exception as exc:
             self._send(InstanceFailed(
@@ -250,6 +258,10 @@ class WorkerAgent:
         for frames in messages or ():
             try:
                 msg = decode(frames)
+                if isinstance(msg, Results):  # under the manager's size limit
+                    for part in fit_results(msg, frames, self._send_limit):
+                        self._send_frames(part)
+                    continue
             except ProtocolError as exc:
                 log.error("library %s#%d: %s", handle.library, handle.instance_id, exc)
                 continue
@@ -257,7 +269,7 @@ class WorkerAgent:
                 handle.ready = True
             elif isinstance(msg, InstanceFailed):
                 handle.stopping = True  # its exit needs no second report
-            elif not isinstance(msg, Results):
+            else:
                 log.warning("unexpected %s from a library", msg.TAG)
                 continue
             self._send_frames(frames)

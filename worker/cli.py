@@ -4,6 +4,11 @@ Run one per node (a cluster job, a Parsl block, or by hand); it connects to the 
 TCP, offers ``--cores`` and ``--memory``, runs library instances as the manager deploys them
 and exits when the manager shuts down or is lost. Library logs (what calls print) are
 written under ``--workdir``.
+
+A manager with a secret needs ``--secret-file FILE`` (or ``SERVERLESS_SECRET_FILE=FILE`` in
+the environment), FILE holding the same secret with mode 0600; the secret itself is never
+accepted on the command line, where ``ps`` would show it. Before serving, the worker checks
+that the manager accepts its key and says so in words if not (exit code 4).
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from pathlib import Path
 
 import psutil
 
-from .agent import WorkerAgent, WorkerConfig
+from serverless.errors import SecurityError
+from serverless.protocol import MAX_MESSAGE_BYTES
+from serverless.security import SECRET_FILE_ENV, derive_keys, read_secret_file
+from serverless.transport import probe_handshake
+
+from .agent import EXIT_REJECTED, WorkerAgent, WorkerConfig
 from .processes import die_with_parent
 
 __all__ = ["main", "build_parser"]
@@ -41,11 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where library logs go (default: a new temporary directory)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="give up if the manager does not answer within this time")
+    parser.add_argument("--secret-file", type=Path, default=None, metavar="FILE",
+                        help="the manager's secret, in a file only you can read (default: "
+                             f"${SECRET_FILE_ENV}; none: connect without a secret)")
+    parser.add_argument("--secret", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
+    parser.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, metavar="N",
+                        help="the largest message accepted from the manager")
     parser.add_argument("--die-with-parent", type=int, default=None, metavar="PID",
                         help=argparse.SUPPRESS)  # set by a manager for its local workers
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+class _RefuseSecret(argparse.Action):
+    """``--secret VALUE`` would put the secret in ``ps`` output: refuse, without echoing it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(2, "serverless-worker: the secret is never given on the command line "
+                       "(ps shows it to every user); use --secret-file FILE or "
+                       f"{SECRET_FILE_ENV}=FILE\n")
+
+
+def _curve_keys(secret_file: Path | None):
+    """The keys from ``--secret-file`` or the environment (None: no secret); the variable is
+    removed so that library processes and what they start do not inherit it."""
+    from_env = os.environ.pop(SECRET_FILE_ENV, None)
+    path = secret_file or (Path(from_env) if from_env else None)
+    return derive_keys(read_secret_file(path)) if path is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.die_with_parent is not None:
         die_with_parent(args.die_with_parent, signal.SIGTERM)
+    try:
+        keys = _curve_keys(args.secret_file)
+    except SecurityError as exc:
+        print(f"serverless-worker: {exc}", file=sys.stderr)
+        return 2
+    refused = probe_handshake(args.manager, keys, args.connect_timeout)
+    if refused:
+        print(f"serverless-worker: {refused}", file=sys.stderr)
+        return EXIT_REJECTED
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"serverless-{name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         name=name,
         workdir=workdir,
         connect_timeout=args.connect_timeout,
+        max_message_bytes=args.max_message_bytes,
+        curve_keys=keys,
     )
     return WorkerAgent(config).run()
 
