@@ -370,7 +370,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     if len(values) != len(cls._CHECKS):
         raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
     for value, (name, allowed) in zip(values, cls._CHECKS):
-        if not isinstance(value, allowed) or (allowed[0] is int and isinstance(value, bool)):
+        if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
             raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
         if isinstance(value, (int, float)) and not 0 <= value < math.inf:
             raise ProtocolError(f"{cls.TAG}.{name}: {value!r} is out of range")
