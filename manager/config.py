@@ -64,7 +64,7 @@ class ManagerConfig:
         if not 65536 <= self.max_message_bytes <= 2**62:
             raise ValueError("max_message_bytes must be between 64 KiB and 2**62")
         if self.secret_file is not None:
-            self.secret_file = Path(self.secret_file)
+            self.secret_file = Path(self.secret_file).expanduser()
             if self.secret not in (None, False):
                 raise ValueError("give secret or secret_file, not both")
         require_secret(self.host, self.secret not in (None, False) or self.secret_file is not None)

@@ -271,8 +271,8 @@ class _Guard(threading.Thread):
             event = parse_monitor_message(frames)
         except Exception:
             return
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return  # logged with its address by _answer
+        if not event["event"] & _HANDSHAKE_FAILED or event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return  # MONITOR_STOPPED at close; AUTH was logged with its address by _answer
         if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
             why = "it does not hold the secret (wrong key)"
         elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:

@@ -78,6 +78,7 @@ def _curve_keys(secret_file: Path | None):
     removed so that library processes and what they start do not inherit it."""
     from_env = os.environ.pop(SECRET_FILE_ENV, None)
     path = secret_file or (Path(from_env) if from_env else None)
+    path = path.expanduser() if path is not None else None
     return derive_keys(read_secret_file(path)) if path is not None else None
 
 
