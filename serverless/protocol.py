@@ -20,8 +20,9 @@ library processes, which talk over a local stream socket, :func:`pack_stream` an
 The first message a worker sends, :class:`Register`, carries :data:`PROTOCOL_VERSION`; the
 manager answers :class:`Reject` if it differs. ``Register``'s first field and ``Reject``'s
 single one are frozen across versions, so a peer of another version always gets a clear
-answer (:class:`~serverless.errors.ProtocolVersionError` is raised for its Register even
-when the rest of its layout differs).
+answer: a Register whose layout differs from ours raises
+:class:`~serverless.errors.ProtocolVersionError` (not a plain ProtocolError) when its
+version differs, and the manager rejects it with that message.
 
 Validation: :func:`decode` raises :class:`ProtocolError` for anything malformed (never
 another exception, never runs code): a frame that is not a plain-value pickle, an unknown
@@ -363,17 +364,14 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message tag {envelope[0][:40]!r}")
     values = envelope[1:]
-    if cls is Register and values and type(values[0]) is int and values[0] != PROTOCOL_VERSION:
-        raise ProtocolVersionError(
-            f"protocol version {values[0]} is not {PROTOCOL_VERSION}: run the same serverless "
-            "version on the manager and the workers", values[0])
-    if len(values) != len(cls._CHECKS):
-        raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
-    for value, (name, allowed) in zip(values, cls._CHECKS):
-        if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
-            raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
-        if isinstance(value, (int, float)) and not 0 <= value < math.inf:
-            raise ProtocolError(f"{cls.TAG}.{name}: {value!r} is out of range")
+    try:
+        _check_fields(cls, values)
+    except ProtocolError:
+        if cls is Register and values and type(values[0]) is int and values[0] != PROTOCOL_VERSION:
+            raise ProtocolVersionError(
+                f"protocol version {values[0]} is not {PROTOCOL_VERSION}: run the same "
+                "serverless version on the manager and the workers", values[0]) from None
+        raise
     expected_frames = 2 if cls.HAS_PAYLOAD else 1
     if len(frames) != expected_frames:
         raise ProtocolError(f"{cls.TAG}: expected {expected_frames} frames, got {len(frames)}")
@@ -383,6 +381,16 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
         msg = cls(*values)
     msg._validate()
     return msg
+
+
+def _check_fields(cls: type[Message], values: tuple) -> None:
+    if len(values) != len(cls._CHECKS):
+        raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
+    for value, (name, allowed) in zip(values, cls._CHECKS):
+        if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
+            raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
+        if isinstance(value, (int, float)) and not 0 <= value < math.inf:
+            raise ProtocolError(f"{cls.TAG}.{name}: {value!r} is out of range")
 
 
 def encode_batch(entries: list[tuple]) -> bytes:
