@@ -10,7 +10,8 @@ the loop is woken through a pipe only when it sleeps, so a burst of calls costs 
 each. Every wake the loop drains the deque in one go (calls are batched per instance),
 reads every waiting message, runs the scheduler and carries out its actions. A worker not
 heard from for the heartbeat timeout is declared lost; what it held is retried elsewhere.
-A message that cannot be decoded is logged and dropped; the loop goes on serving.
+A message that cannot be decoded is logged and dropped; the loop goes on serving. With a
+secret, only peers holding it get this far (CURVE and ZAP, in serverless.transport).
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ import zmq
 
 from serverless.errors import (
     ArgumentNotSerializable,
-    ProtocolVersionError,
-    ResultTooLarge,
     CallCancelled,
     CallCrashed,
     CallOutOfMemory,
     CallTimeout,
     ProtocolError,
+    ProtocolVersionError,
     ResultNotSerializable,
+    ResultTooLarge,
     SerializationError,
     ServerlessError,
     UnknownFunction,

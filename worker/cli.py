@@ -20,13 +20,14 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
 
 from serverless.errors import SecurityError
 from serverless.protocol import MAX_MESSAGE_BYTES
-from serverless.security import SECRET_FILE_ENV, derive_keys, read_secret_file
+from serverless.security import SECRET_FILE_ENV, CurveKeys, derive_keys, read_secret_file
 from serverless.transport import probe_handshake
 
 from .agent import EXIT_REJECTED, WorkerAgent, WorkerConfig
@@ -73,7 +74,7 @@ class _RefuseSecret(argparse.Action):
                        f"{SECRET_FILE_ENV}=FILE\n")
 
 
-def _curve_keys(secret_file: Path | None):
+def _curve_keys(secret_file: Path | None) -> CurveKeys | None:
     """The keys from ``--secret-file`` or the environment (None: no secret); the variable is
     removed so that library processes and what they start do not inherit it."""
     from_env = os.environ.pop(SECRET_FILE_ENV, None)
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except SecurityError as exc:
         print(f"serverless-worker: {exc}", file=sys.stderr)
         return 2
+    started = time.monotonic()
     refused = probe_handshake(args.manager, keys, args.connect_timeout)
+    connect_timeout = max(1.0, args.connect_timeout - (time.monotonic() - started))
     if refused:
         print(f"serverless-worker: {refused}", file=sys.stderr)
         return EXIT_REJECTED
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_mb=args.memory,
         name=name,
         workdir=workdir,
-        connect_timeout=args.connect_timeout,
+        connect_timeout=connect_timeout,
         max_message_bytes=args.max_message_bytes,
         curve_keys=keys,
     )
