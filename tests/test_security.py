@@ -269,3 +269,11 @@ def test_the_cli_refuses_a_secret_on_the_command_line(tmp_path):
     worker = cli_worker("127.0.0.1:1", "--secret", SECRET)
     output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 2 and "--secret-file" in output and SECRET not in output
+
+
+def test_the_cli_refuses_a_secret_file_other_users_can_read(tmp_path):
+    path = write_secret_file(tmp_path / "secret", SECRET)
+    path.chmod(0o644)
+    worker = cli_worker("127.0.0.1:1", secret_file=path)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 2 and "chmod 600" in output and SECRET not in output
