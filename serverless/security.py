@@ -115,8 +115,12 @@ def generate_secret() -> str:
 
 
 def write_secret_file(path: str | os.PathLike, secret: str | bytes) -> Path:
-    """Write ``secret`` to a new file readable by its owner only (mode 0600)."""
-    path = Path(path)
+    """Write ``secret`` to a new file readable by its owner only (mode 0600).
+
+    A missing parent directory is made, readable by its owner only (mode 0700).
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = _clean(secret)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
@@ -129,7 +133,7 @@ def write_secret_file(path: str | os.PathLike, secret: str | bytes) -> Path:
 
 def read_secret_file(path: str | os.PathLike) -> bytes:
     """The secret in ``path``; refused if other users could read or change the file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -195,7 +199,7 @@ class ManagerSecret:
         if secret is not None and secret is not False and secret_file is not None:
             raise ValueError("give secret or secret_file, not both")
         if secret_file is not None:
-            self.file = Path(secret_file)
+            self.file = Path(secret_file).expanduser()
             if not self.file.exists():
                 write_secret_file(self.file, generate_secret())
             value: bytes | None = read_secret_file(self.file)

@@ -277,3 +277,16 @@ def test_the_cli_refuses_a_secret_file_other_users_can_read(tmp_path):
     worker = cli_worker("127.0.0.1:1", secret_file=path)
     output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 2 and "chmod 600" in output and SECRET not in output
+
+
+@pytest.mark.timeout(30)
+def test_a_secret_file_under_home_is_made_with_its_directory(tmp_path, monkeypatch):
+    from serverless.security import ManagerSecret
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    made = ManagerSecret(None, "~/.serverless/secret")
+    assert made.file == tmp_path / ".serverless" / "secret"
+    assert made.file.stat().st_mode & 0o777 == 0o600
+    assert made.file.parent.stat().st_mode & 0o777 == 0o700
+    again = ManagerSecret(None, "~/.serverless/secret")
+    assert again.keys == made.keys  # the same file: the same keys
