@@ -45,7 +45,7 @@ class CallRecord:
         self.args = args
         self.timeout = timeout
         self.future = future
-        self.attempts = 0  # times it was lost with its instance and retried
+        self.attempts = 0  # times it may have been running when its instance was lost
         self.instance_id: int | None = None  # where it runs now, if dispatched
         self.cancelled = False
 
@@ -95,6 +95,7 @@ class LibraryRecord:
     pending: deque[CallRecord] = field(default_factory=deque)
     instances: set[int] = field(default_factory=set)
     start_failures: int = 0
+    crash_streak: int = 0  # instances that died after starting, with no result in between
     failed: BaseException | None = None
     deploy_not_before: float = 0.0
     mean_duration: float | None = None  # moving average of a call's run time (seconds)

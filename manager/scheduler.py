@@ -18,6 +18,12 @@ and memory; if none has room, idle instances of other libraries are stopped to m
 A library whose instances keep failing to start is marked failed after
 ``max_start_failures`` attempts (with exponential backoff between them), and its calls fail
 with :class:`~serverless.LibraryFailed` carrying the start-up traceback.
+
+An instance that dies after it started (killed, or a direct-mode call crashed it) is
+replaced by deploying a new one; its calls go back to the front of the queue. The first
+replacement is immediate; if instances of the library keep dying with no result in
+between, each further one waits ``start_backoff * 2**(n-1)`` seconds (at most
+``MAX_BACKOFF``), so a library that crashes as soon as it serves never spins.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ from .records import (
     WorkerRecord,
 )
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "MAX_BACKOFF"]
+
+MAX_BACKOFF = 30.0  # seconds: the longest wait before deploying after repeated failures
 
 
 class Scheduler:
@@ -139,6 +147,8 @@ class Scheduler:
             return []
         instance.served += len(finished)
         record = self.libraries.get(instance.library)
+        if record is not None:
+            record.crash_streak = 0
         actions: list[Action] = [CallsFinished(finished)]
         if instance.state == DRAINING:
             if not outstanding:
@@ -198,7 +208,9 @@ class Scheduler:
             return []
         actions = self._instance_gone(instance_id, reason)
         record = self.libraries.get(instance.library)
-        if record is not None and during_start:
+        if record is None:
+            pass
+        elif during_start:
             record.start_failures += 1
             if record.start_failures >= self.max_start_failures:
                 record.failed = LibraryFailed(
@@ -209,9 +221,16 @@ class Scheduler:
                 if stranded:
                     actions.append(CallsFailed(stranded, record.failed))
             else:
-                delay = self.start_backoff * 2 ** (record.start_failures - 1)
-                record.deploy_not_before = self.now + delay
+                self._back_off(record, record.start_failures)
+        else:
+            record.crash_streak += 1
+            if record.crash_streak > 1:  # the first replacement goes at once
+                self._back_off(record, record.crash_streak - 1)
         return actions + self._schedule_all()
+
+    def _back_off(self, record: LibraryRecord, failures: int) -> None:
+        delay = min(MAX_BACKOFF, self.start_backoff * 2 ** (failures - 1))
+        record.deploy_not_before = self.now + delay
 
     def instance_stopped(self, instance_id: int) -> list[Action]:
         actions = self._instance_gone(instance_id, "stopped")
@@ -415,15 +434,22 @@ class Scheduler:
         record = self.libraries.get(instance.library)
         if record is not None:
             record.instances.discard(instance_id)
-        calls = [c for c in instance.outstanding.values() if not c.cancelled]
+        held = list(instance.outstanding.values())  # in the order they were sent
         instance.outstanding.clear()
-        if not calls:
-            return []
+        # An instance runs its calls in the order it got them, ``slots`` at a time: only the
+        # oldest ``slots`` it held may have been running; the others never started, so
+        # sending them again is not a retry and costs them no attempt.
+        slots = record.spec.slots if record is not None else len(held)
         retry, give_up = [], []
-        for call in calls:
-            call.attempts += 1
+        for position, call in enumerate(held):
+            if call.cancelled:
+                continue
             call.instance_id = None
+            if position < slots:
+                call.attempts += 1
             (give_up if call.attempts > self.max_retries or record is None else retry).append(call)
+        if not retry and not give_up:
+            return []
         actions: list[Action] = []
         if record is not None and retry:
             record.pending.extendleft(reversed(retry))
