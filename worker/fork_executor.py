@@ -31,6 +31,7 @@ from typing import Any
 from serverless.protocol import CallStatus, safe_dumps
 
 from .call_runner import run_call
+from .limits import memory_limit
 from .processes import die_with_parent, set_title
 
 __all__ = ["ForkExecutor"]
@@ -40,6 +41,7 @@ _READ_SIZE = 1 << 20
 _CRASHED = int(CallStatus.CRASHED)
 _TIMEOUT = int(CallStatus.TIMEOUT)
 _CANCELLED = int(CallStatus.CANCELLED)
+_OUT_OF_MEMORY = int(CallStatus.OUT_OF_MEMORY)
 
 
 class _Child:
@@ -67,6 +69,7 @@ class ForkExecutor:
         emit: Callable[[tuple], None],
         close_in_child: Callable[[], None],
         title: str,
+        memory_mb: int = 0,
     ) -> None:
         self._functions = functions
         self._slots = slots
@@ -78,6 +81,7 @@ class ForkExecutor:
         self._running: dict[int, _Child] = {}  # pid -> child still owing a result
         self._exiting: dict[int, _Child] = {}  # pid -> child whose result is in, not reaped
         self._parent_pid = os.getpid()
+        self._memory = memory_limit(memory_mb, slots)  # None: no limit, no polling
 
     # --- what the loop calls ----------------------------------------------------------
 
@@ -125,6 +129,8 @@ class ForkExecutor:
 
     def next_deadline(self) -> float | None:
         deadlines = [c.deadline for c in self._running.values() if c.deadline is not None]
+        if self._memory is not None and self._running:
+            deadlines.append(self._memory.next_check)
         return min(deadlines) if deadlines else None
 
     def expire(self, now: float) -> None:
@@ -132,6 +138,9 @@ class ForkExecutor:
             if child.deadline is not None and now >= child.deadline and child.result is None:
                 timeout = child.entry[3]
                 self._kill(child, _TIMEOUT, safe_dumps((float(timeout), "")))
+        if self._memory is not None and self._running:
+            for child, used in self._memory.over(list(self._running.values()), now):
+                self._kill(child, _OUT_OF_MEMORY, safe_dumps(self._memory.describe(used)))
 
     def busy(self) -> bool:
         return bool(self._queue or self._running)

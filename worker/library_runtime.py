@@ -142,6 +142,7 @@ class LibraryRuntime:
             self._results.append,
             self._close_in_child,
             deploy.library,
+            deploy.memory_mb,
         )
 
     def _close_in_child(self) -> None:

@@ -1,0 +1,101 @@
+"""Per-call memory limits in fork mode, enforced by the library process polling its children.
+
+``Library(memory_mb=M, slots=S)`` reserves M MB for the instance on its worker; each call
+may use ``M / S`` MB of memory of its own. A call's own memory is the anonymous resident
+memory its child holds beyond the library process's (``resident - shared`` from
+``/proc/PID/statm``): right after the fork the two are equal (the child maps the library's
+pages copy-on-write), so the difference is what the call allocated and touched. Pages of
+files (code, shared libraries) are not counted on either side.
+
+    library loop turn --expire(now)--> MemoryLimit.over(children)   at most every
+                                         read /proc/LIB/statm        CHECK_INTERVAL seconds,
+                                         read /proc/CHILD/statm      only while calls run
+                                       <-- children over their share: killed (SIGKILL),
+                                           their calls end OUT_OF_MEMORY
+
+Why polling and not ``setrlimit``: ``RLIMIT_AS`` and ``RLIMIT_DATA`` count address space,
+not memory (a numpy/pandas library maps hundreds of MB it never touches), and a failed
+allocation surfaces as a ``MemoryError`` the function may catch; ``RLIMIT_RSS`` is not
+enforced by Linux, and cgroups need privileges workers rarely have. Polling is exact about
+what it measures and costs nothing per call: one read of two small proc files per running
+child every CHECK_INTERVAL, none at all when no limit is set (no ``MemoryLimit`` exists).
+Its limit is soft by what a call can allocate within one interval (about 20-40 MB for a
+Python loop touching memory at 1-2 GB/s); the kernel's OOM killer remains the backstop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+__all__ = ["CHECK_INTERVAL", "MemoryLimit", "memory_limit", "own_memory_bytes"]
+
+CHECK_INTERVAL = 0.02  # seconds between two looks at the children's memory
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _HasPid(Protocol):
+    pid: int
+
+
+Child = TypeVar("Child", bound=_HasPid)
+
+
+def own_memory_bytes(pid: int) -> int | None:
+    """Anonymous resident memory of ``pid`` in bytes (None if the process is gone)."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                fields = f.read().split()
+        except OSError:
+            return None
+        return (int(fields[1]) - int(fields[2])) * _PAGE
+    try:  # elsewhere: psutil's view (RSS minus shared where it is known)
+        import psutil
+
+        info = psutil.Process(pid).memory_info()
+    except Exception:
+        return None
+    return info.rss - getattr(info, "shared", 0)
+
+
+class MemoryLimit:
+    """Finds the children of this (library) process that use more than their share."""
+
+    def __init__(self, memory_mb: float, slots: int, interval: float = CHECK_INTERVAL) -> None:
+        if memory_mb <= 0 or slots < 1:
+            raise ValueError("a memory limit needs memory_mb > 0 and slots >= 1")
+        self.per_call_mb = memory_mb / slots
+        self.interval = interval
+        self._limit_bytes = int(self.per_call_mb * 2**20)
+        self._library_pid = os.getpid()
+        self.next_check = 0.0  # monotonic time of the next look
+
+    def over(self, children: Iterable[Child], now: float) -> list[tuple[Child, int]]:
+        """The children over their share, with the memory each holds of its own (bytes).
+
+        Looks only when ``now`` has reached ``next_check``; returns ``[]`` otherwise.
+        """
+        if now < self.next_check:
+            return []
+        self.next_check = now + self.interval
+        base = own_memory_bytes(self._library_pid) or 0
+        offenders = []
+        for child in children:
+            used = own_memory_bytes(child.pid)
+            if used is not None and used - base > self._limit_bytes:
+                offenders.append((child, used - base))
+        return offenders
+
+    def describe(self, used_bytes: int) -> tuple[float, str]:
+        """The OUT_OF_MEMORY payload fields: the limit (MB) and what the call held."""
+        limit = self.per_call_mb
+        shown = int(limit) if limit == int(limit) else round(limit, 1)
+        return (shown, f"the call held {used_bytes / 2**20:.0f} MB of its own")
+
+
+def memory_limit(memory_mb: float, slots: int) -> MemoryLimit | None:
+    """A :class:`MemoryLimit` for a library's ``memory_mb``, or None when it sets none."""
+    return MemoryLimit(memory_mb, slots) if memory_mb and memory_mb > 0 else None
