@@ -18,7 +18,7 @@ from pathlib import Path
 
 from serverless.protocol import StreamDecoder, pack_stream
 
-from .processes import thread_limit_env
+from .processes import library_environment
 
 __all__ = ["LibraryHandle"]
 
@@ -49,10 +49,7 @@ class LibraryHandle:
         parent_sock, child_sock = socket.socketpair()
         self.sock = parent_sock
         self.sock.setblocking(False)
-        full_env = dict(os.environ)
-        for name, value in thread_limit_env(cores, slots).items():
-            full_env.setdefault(name, value)
-        full_env.update(env)
+        full_env = library_environment(os.environ, cores, slots, env)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab", buffering=0) as log:
             self.process = subprocess.Popen(

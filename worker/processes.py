@@ -7,10 +7,11 @@ import ctypes.util
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 import setproctitle
 
-__all__ = ["die_with_parent", "set_title", "thread_limit_env"]
+__all__ = ["die_with_parent", "set_title", "thread_limit_env", "library_environment"]
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -52,3 +53,14 @@ def thread_limit_env(cores: float, slots: int) -> dict[str, str]:
     oversubscription (each call's BLAS/OpenMP pool gets its share, at least one thread)."""
     share = max(1, int(cores // max(1, slots)))
     return {name: str(share) for name in _THREAD_VARIABLES}
+
+
+def library_environment(inherited: Mapping[str, str], cores: float, slots: int,
+                        library_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a library process: the worker's, then the thread limits of its
+    slots (over any node-wide setting, which knows nothing of slots), then the library's
+    own ``env`` (the user's explicit choice wins)."""
+    environment = dict(inherited)
+    environment.update(thread_limit_env(cores, slots))
+    environment.update(library_env)
+    return environment
