@@ -300,6 +300,21 @@ def test_when_the_manager_dies_workers_stop_their_libraries_and_exit(tmp_path):
         become_subreaper(False)
 
 
+def test_shutdown_fails_running_and_queued_calls_and_kills_their_children(tmp_path):
+    """shutdown(timeout=...) with calls still running: each future fails with
+    ManagerClosed (none stays pending), and the children running them are killed."""
+    m = serverless.Manager(local_cores=1, log_dir=tmp_path / "logs", **FAST_HEARTBEAT)
+    m.install(serverless.Library("block", [block], slots=1))
+    futures = [m.call("block", "block", str(tmp_path)) for _ in range(3)]
+    child = running_child(tmp_path)
+    procs = tree(m.local_worker_pids()[0])
+    m.shutdown(timeout=0.2)
+    for future in futures:
+        with pytest.raises(serverless.ManagerClosed):
+            future.result(timeout=0)
+    assert_gone(procs + [child])
+
+
 # --- calls that never return ----------------------------------------------------------
 
 def running_child(tmp_path) -> psutil.Process:
