@@ -17,8 +17,9 @@ Why polling and not ``setrlimit``: ``RLIMIT_AS`` and ``RLIMIT_DATA`` count addre
 not memory (a numpy/pandas library maps hundreds of MB it never touches), and a failed
 allocation surfaces as a ``MemoryError`` the function may catch; ``RLIMIT_RSS`` is not
 enforced by Linux, and cgroups need privileges workers rarely have. Polling is exact about
-what it measures and costs nothing per call: one read of two small proc files per running
-child every CHECK_INTERVAL, none at all when no limit is set (no ``MemoryLimit`` exists).
+what it measures and cheap: every CHECK_INTERVAL, one ``pread`` of ``statm`` per running
+child and one of the library's own (files kept open while their process runs), nothing at
+all when no limit is set (no ``MemoryLimit`` exists).
 Its limit is soft by what a call can allocate within one interval (about 20-40 MB for a
 Python loop touching memory at 1-2 GB/s); the kernel's OOM killer remains the backstop.
 """
@@ -34,6 +35,7 @@ __all__ = ["CHECK_INTERVAL", "MemoryLimit", "memory_limit", "own_memory_bytes"]
 
 CHECK_INTERVAL = 0.02  # seconds between two looks at the children's memory
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_LINUX = sys.platform.startswith("linux")
 
 
 class _HasPid(Protocol):
@@ -45,13 +47,12 @@ Child = TypeVar("Child", bound=_HasPid)
 
 def own_memory_bytes(pid: int) -> int | None:
     """Anonymous resident memory of ``pid`` in bytes (None if the process is gone)."""
-    if sys.platform.startswith("linux"):
+    if _LINUX:
         try:
             with open(f"/proc/{pid}/statm", "rb") as f:
-                fields = f.read().split()
+                return _anonymous(f.read())
         except OSError:
             return None
-        return (int(fields[1]) - int(fields[2])) * _PAGE
     try:  # elsewhere: psutil's view (RSS minus shared where it is known)
         import psutil
 
@@ -59,6 +60,41 @@ def own_memory_bytes(pid: int) -> int | None:
     except Exception:
         return None
     return info.rss - getattr(info, "shared", 0)
+
+
+def _anonymous(statm: bytes) -> int:
+    fields = statm.split()
+    return (int(fields[1]) - int(fields[2])) * _PAGE if len(fields) > 2 else 0
+
+
+class _StatmReader:
+    """Reads ``/proc/PID/statm`` through files kept open while their process is watched
+    (a ``pread`` costs a few microseconds; an open-read-close ten times that)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def read(self, pids: list[int]) -> dict[int, int]:
+        """Anonymous resident bytes of each of ``pids`` still there; forgets the others."""
+        if not _LINUX:
+            sizes = {pid: own_memory_bytes(pid) for pid in pids}
+            return {pid: size for pid, size in sizes.items() if size is not None}
+        fds, self._fds = self._fds, {}
+        sizes = {}
+        for pid in pids:
+            fd = fds.pop(pid, None)
+            try:
+                if fd is None:
+                    fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+                sizes[pid] = _anonymous(os.pread(fd, 256, 0))
+            except OSError:
+                if fd is not None:
+                    os.close(fd)
+                continue
+            self._fds[pid] = fd
+        for fd in fds.values():  # processes no longer watched
+            os.close(fd)
+        return sizes
 
 
 class MemoryLimit:
@@ -71,6 +107,7 @@ class MemoryLimit:
         self.interval = interval
         self._limit_bytes = int(self.per_call_mb * 2**20)
         self._library_pid = os.getpid()
+        self._statm = _StatmReader()
         self.next_check = 0.0  # monotonic time of the next look
 
     def over(self, children: Iterable[Child], now: float) -> list[tuple[Child, int]]:
@@ -81,10 +118,12 @@ class MemoryLimit:
         if now < self.next_check:
             return []
         self.next_check = now + self.interval
-        base = own_memory_bytes(self._library_pid) or 0
+        children = list(children)
+        sizes = self._statm.read([self._library_pid] + [c.pid for c in children])
+        base = sizes.get(self._library_pid, 0)
         offenders = []
         for child in children:
-            used = own_memory_bytes(child.pid)
+            used = sizes.get(child.pid)
             if used is not None and used - base > self._limit_bytes:
                 offenders.append((child, used - base))
         return offenders
