@@ -347,6 +347,20 @@ def test_a_per_call_timeout_overrides_the_library_s_and_timeout_kwargs_reach_the
         timeout=30) == ((1,), {"timeout": 5})
 
 
+def whose():
+    return os.getpid()
+
+
+def test_a_direct_mode_timeout_interrupts_the_call_and_the_instance_serves_on(manager, tmp_path):
+    manager.install(serverless.Library("slow-direct", [block, whose], mode="direct",
+                                       timeout=0.5, max_instances=1))
+    library = manager.call("slow-direct", "whose").result(timeout=60)
+    with pytest.raises(serverless.CallTimeout, match="0.5 s"):
+        manager.call("slow-direct", "block", str(tmp_path)).result(timeout=60)
+    assert running_child(tmp_path).pid == library  # it ran in the instance itself
+    assert manager.call("slow-direct", "whose").result(timeout=30) == library  # same instance
+
+
 @pytest.mark.parametrize("how", ["future.cancel", "manager.cancel"])
 def test_cancelling_a_running_call_kills_its_child(manager, tmp_path, how):
     manager.install(serverless.Library("cancel", [block, echo], max_instances=1))

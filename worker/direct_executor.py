@@ -1,9 +1,10 @@
 """Direct mode: calls run one after another inside the library process itself.
 
 No fork, so a call costs microseconds; the price is no isolation (a call that changes
-global state changes it for the next) and no timeout enforcement beyond the call's own
-code. A function that raises only fails its own call. Results are handed to ``emit`` after
-each call; the library loop sends them in batches.
+global state changes it for the next). A call with a timeout runs under an alarm that
+interrupts it (:func:`serverless.worker.limits.run_with_alarm`). A function that raises
+only fails its own call. Results are handed to ``emit`` after each call; the library loop
+sends them in batches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from serverless.protocol import CallStatus
 
 from .call_runner import run_call
+from .limits import run_with_alarm
 
 __all__ = ["DirectExecutor"]
 
@@ -52,7 +54,8 @@ class DirectExecutor:
         queue, functions, emit = self._queue, self._functions, self._emit
         stop_at = clock() + self._turn_seconds
         while queue:
-            emit(run_call(functions, queue.popleft()))
+            entry = queue.popleft()
+            emit(run_with_alarm(functions, entry) if entry[3] else run_call(functions, entry))
             if clock() >= stop_at:
                 return
 

@@ -1,4 +1,6 @@
-"""Per-call memory limits in fork mode, enforced by the library process polling its children.
+"""Per-call limits: memory in fork mode (polling the children), time in direct mode (an alarm).
+
+Fork mode's timeouts need nothing here: the fork executor kills a child past its deadline.
 
 ``Library(memory_mb=M, slots=S)`` reserves M MB for the instance on its worker; each call
 may use ``M / S`` MB of memory of its own. A call's own memory is the anonymous resident
@@ -22,16 +24,26 @@ child and one of the library's own (files kept open while their process runs), n
 all when no limit is set (no ``MemoryLimit`` exists).
 Its limit is soft by what a call can allocate within one interval (about 20-40 MB for a
 Python loop touching memory at 1-2 GB/s); the kernel's OOM killer remains the backstop.
+
+Direct mode runs a call in the library process itself, so nothing can be killed: a call
+with a timeout runs under ``setitimer`` and the alarm raises inside it, ending it with a
+TIMEOUT entry; the instance serves on. Python code (``time.sleep``, loops, I/O) is
+interrupted at once; C code that never returns to the interpreter is not (use fork mode).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["CHECK_INTERVAL", "MemoryLimit", "memory_limit", "own_memory_bytes"]
+from serverless.protocol import CallStatus, safe_dumps
+
+from .call_runner import ResultEntry, run_call
+
+__all__ = ["CHECK_INTERVAL", "MemoryLimit", "memory_limit", "own_memory_bytes", "run_with_alarm"]
 
 CHECK_INTERVAL = 0.02  # seconds between two looks at the children's memory
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -138,3 +150,36 @@ class MemoryLimit:
 def memory_limit(memory_mb: float, slots: int) -> MemoryLimit | None:
     """A :class:`MemoryLimit` for a library's ``memory_mb``, or None when it sets none."""
     return MemoryLimit(memory_mb, slots) if memory_mb and memory_mb > 0 else None
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside a direct-mode call that ran over its timeout."""
+
+
+_TIMEOUT = int(CallStatus.TIMEOUT)
+
+
+def run_with_alarm(functions: Mapping[str, Callable[..., Any]], entry: tuple) -> ResultEntry:
+    """Run a direct-mode call that has a timeout (``entry[3]``); past it, stop it (TIMEOUT)."""
+    timeout = float(entry[3])
+    expired = False
+
+    def on_alarm(signum: int, frame: object) -> None:
+        nonlocal expired
+        expired = True
+        raise _Expired()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    result: ResultEntry | None = None
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            result = run_call(functions, entry)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Expired:  # it fired outside the function (arguments, result) or in between
+        pass
+    signal.signal(signal.SIGALRM, previous)
+    if expired or result is None:
+        return (entry[0], _TIMEOUT, safe_dumps((timeout, "")), timeout)
+    return result
