@@ -16,7 +16,9 @@
 The agent decodes only envelopes; call arguments and results pass through as opaque
 frames. It sends a Heartbeat when it has sent nothing for an interval and takes the
 manager for gone when it has heard nothing for the heartbeat timeout; then it stops its
-libraries (whose forked children die with them) and exits. It is single-threaded.
+libraries (whose forked children die with them) and exits. Before it concludes so, it
+reads what is waiting: a worker frozen (SIGSTOP) long enough to be written off finds the
+Shutdown the manager sent it then, and goes. It is single-threaded.
 
 Exit codes: 0 shut down by the manager or a signal; 4 rejected by the manager;
 5 the manager was lost or never answered.
@@ -170,6 +172,11 @@ class WorkerAgent:
             del self._stopping[instance_id]
             self._send(InstanceStopped(instance_id))
         if now - self._last_heard > self._heartbeat_timeout:
+            # woken after a freeze? what the manager sent meanwhile (a Shutdown) decides
+            self._read_manager()
+            heard_now = time.monotonic() - self._last_heard <= self._heartbeat_timeout
+            if self._exit_code is not None or heard_now:
+                return
             what = "heartbeats stopped" if self._registered else "no answer to registration"
             log.error("manager %s lost (%s); stopping", self.config.manager, what)
             self._exit_code = EXIT_MANAGER_LOST
