@@ -23,9 +23,9 @@ T = TypeVar("T")
 FAST_HEARTBEAT = dict(heartbeat_interval=0.2, heartbeat_timeout=2.0, start_backoff=0.05)
 NODE_VARIABLE = "SERVERLESS_TEST_NODE"
 
-# A worker woken after the manager wrote it off exits with its libraries: 0 when it first
-# reads the Shutdown the manager sent it then, 5 when it first sees that it heard nothing
-# for the heartbeat timeout (which of the two it notices first is a race, both are right).
+# A worker woken after the manager wrote it off exits with its libraries: 0 when it reads
+# the Shutdown the manager sent it then (the usual case: it reads what is waiting before
+# concluding anything), 5 if that message had not reached it yet: both are right.
 WOKEN_EXITS = (0, 5)
 
 
