@@ -74,7 +74,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def calls_for(system: System, workload: Workload, settings: Settings) -> int:
     n = workload.n
-    if system.name == "regular":
+    if system.name == "regular" or getattr(system, "sampled", False):
         n = min(settings.regular_sample, n)
     if workload.kind == "latency":
         return n if system.latency_cap is None else min(system.latency_cap, n)

@@ -7,6 +7,8 @@
     mp-pool            multiprocessing.Pool.starmap, chunksize 1
     process-pool       concurrent.futures.ProcessPoolExecutor
     parsl-htex         Parsl HighThroughputExecutor
+    parsl-serverless   Parsl with serverless.parsl.ServerlessExecutor, serverless mode
+    parsl-regular      the same, regular mode (a fresh interpreter per app call)
     ray                Ray
     dask               Dask distributed LocalCluster
 """
@@ -18,7 +20,8 @@ from .base import System
 __all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "make_systems"]
 
 SYSTEMS = ("regular", "floor", "floor-fork", "floor-direct", "serverless-fork",
-           "serverless-direct", "mp-pool", "process-pool", "parsl-htex", "ray", "dask")
+           "serverless-direct", "mp-pool", "process-pool", "parsl-htex", "parsl-serverless",
+           "parsl-regular", "ray", "dask")
 DEFAULT_SYSTEMS = ("regular", "floor", "serverless-fork", "serverless-direct", "mp-pool",
                    "process-pool", "parsl-htex", "ray", "dask")
 
@@ -52,6 +55,10 @@ def make_systems(names: list[str], api: str = "call") -> list[System]:
             from .parsl_peer import ParslHtex
 
             made.append(ParslHtex())
+        elif name in ("parsl-serverless", "parsl-regular"):
+            from .parsl_serverless import ParslServerless
+
+            made.append(ParslServerless(name.split("-")[1]))
         elif name == "ray":
             from .ray_peer import RayCluster
 
