@@ -32,27 +32,32 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def make_dfk(run_dir: Path, mode: str = "serverless", provider: bool = True,
-             **options) -> DataFlowKernel:
+             init_blocks: int = 1, **config_options) -> DataFlowKernel:
     executor = ServerlessExecutor(
         label="serverless", function_exec_mode=mode, cores_per_node=2,
-        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1) if provider else None,
+        provider=(LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1)
+                  if provider else None),
         manager_options=dict(heartbeat_interval=0.2, heartbeat_timeout=5.0),
-        **options,
     )
     config = Config(executors=[executor], run_dir=str(run_dir), strategy_period=0.2,
-                    retries=2, usage_tracking=0, initialize_logging=False)
+                    retries=2, usage_tracking=0, initialize_logging=False, **config_options)
     return DataFlowKernel(config)
 
 
-def worker_tree(dfk: DataFlowKernel) -> list[psutil.Process]:
-    """The executor's workers and every process under them, now."""
-    procs = []
+def worker_tree(dfk: DataFlowKernel) -> dict[psutil.Process, str]:
+    """The executor's workers and every live process under them, now, with their titles."""
+    procs = {}
     for info in dfk.executors["serverless"].manager.workers():
         try:
             root = psutil.Process(info.pid)
-            procs += [root, *root.children(recursive=True)]
+            found = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            pass
+            continue
+        for proc in found:
+            try:
+                procs[proc] = " ".join(proc.cmdline())
+            except psutil.Error:  # exited (or a zombie) since it was listed
+                pass
     return procs
 
 
@@ -256,16 +261,32 @@ def test_without_a_provider_the_manager_starts_a_local_worker(tmp_path):
         kernel.cleanup()
 
 
+def test_parsl_strategy_scales_blocks_out_for_calls_and_in_when_idle(tmp_path):
+    kernel = make_dfk(tmp_path / "runinfo", init_blocks=0, strategy="simple", max_idletime=1.0)
+    executor = kernel.executors["serverless"]
+    try:
+        assert executor.connected_workers == 0 and not executor.blocks_to_job_id
+        assert app(kernel)(add)(1, 2).result() == 3  # no block: the strategy starts one
+        assert len(executor.blocks_to_job_id) == 1
+        deadline = time.monotonic() + 60
+        while executor.connected_workers:  # idle for max_idletime: the block is scaled in
+            assert time.monotonic() < deadline, "the idle block was not scaled in"
+            time.sleep(0.1)  # waiting for Parsl's strategy thread and the worker's exit
+        assert app(kernel)(add)(2, 3).result() == 5  # and out again
+    finally:
+        kernel.cleanup()
+
+
 def test_cleanup_leaves_no_worker_or_library_process(tmp_path):
     kernel = make_dfk(tmp_path / "runinfo")
     add_app, where_app = app(kernel)(add), app(kernel)(where)
     assert add_app(1, 1).result() == 2 and where_app().result()[1]
     wait_for_workers(kernel)
     procs = worker_tree(kernel)
-    titles = " ".join(" ".join(p.cmdline()) for p in procs)
+    titles = " ".join(procs.values())
     assert "serverless worker block-0" in titles and "serverless library parsl-add" in titles
     kernel.cleanup()
-    gone, alive = psutil.wait_procs(procs, timeout=20)
+    gone, alive = psutil.wait_procs(list(procs), timeout=20)
     assert not alive, [p.cmdline() for p in alive]
 
 
