@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shlex
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.providers.base import ExecutionProvider
@@ -148,11 +150,36 @@ class ServerlessExecutor(BlockProviderExecutor):
 
     def shutdown(self) -> None:
         """Stop the manager (its workers exit with their library processes), then wait
-        for the provider to report every block ended."""
+        for the provider to report every block ended, and for the processes of workers on
+        this machine to be gone."""
         if self.manager is not None:
+            local = self._local_worker_trees()
             self.manager.shutdown(wait=False, cancel_futures=True)
             self._wait_for_blocks()
+            _, alive = psutil.wait_procs(local, timeout=self.shutdown_timeout)
+            for proc in alive:
+                log.warning("%s: process %d of a worker outlived shutdown; killing it",
+                            self.label, proc.pid)
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
         super().shutdown()
+
+    def _local_worker_trees(self) -> list[psutil.Process]:
+        """The processes of the workers running on this machine, and everything under them."""
+        procs: list[psutil.Process] = []
+        here = socket.gethostname()
+        for info in self.manager.workers():
+            if info.hostname != here:
+                continue
+            try:
+                root = psutil.Process(info.pid)
+                if root.cmdline()[:1] and root.cmdline()[0].startswith("serverless worker"):
+                    procs += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                pass
+        return procs
 
     def _wait_for_blocks(self) -> None:
         if self.provider is None:
