@@ -8,6 +8,7 @@
     process-pool       concurrent.futures.ProcessPoolExecutor
     parsl-htex         Parsl HighThroughputExecutor
     parsl-serverless   Parsl with serverless.parsl.ServerlessExecutor, serverless mode
+    parsl-serverless-direct  the same, library_mode="direct" (no child per call)
     parsl-regular      the same, regular mode (a fresh interpreter per app call)
     ray                Ray
     dask               Dask distributed LocalCluster
@@ -21,7 +22,7 @@ __all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "make_systems"]
 
 SYSTEMS = ("regular", "floor", "floor-fork", "floor-direct", "serverless-fork",
            "serverless-direct", "mp-pool", "process-pool", "parsl-htex", "parsl-serverless",
-           "parsl-regular", "ray", "dask")
+           "parsl-serverless-direct", "parsl-regular", "ray", "dask")
 DEFAULT_SYSTEMS = ("regular", "floor", "serverless-fork", "serverless-direct", "mp-pool",
                    "process-pool", "parsl-htex", "ray", "dask")
 
@@ -55,10 +56,11 @@ def make_systems(names: list[str], api: str = "call") -> list[System]:
             from .parsl_peer import ParslHtex
 
             made.append(ParslHtex())
-        elif name in ("parsl-serverless", "parsl-regular"):
+        elif name in ("parsl-serverless", "parsl-serverless-direct", "parsl-regular"):
             from .parsl_serverless import ParslServerless
 
-            made.append(ParslServerless(name.split("-")[1]))
+            made.append(ParslServerless(name.split("-")[1],
+                                        "direct" if name.endswith("-direct") else "fork"))
         elif name == "ray":
             from .ray_peer import RayCluster
 

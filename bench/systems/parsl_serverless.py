@@ -4,6 +4,8 @@ the same DataFlowKernel, with workers started by the same LocalProvider (one blo
     parsl-serverless  function_exec_mode="serverless": the app is installed once as a
                       library function (fork mode, a child per call), each call sends its
                       arguments only
+    parsl-serverless-direct  the same with library_mode="direct": calls run in the warm
+                      library process, no child per call (no isolation between calls, as HTEX)
     parsl-regular     function_exec_mode="regular": a fresh interpreter per app call; only
                       a sample runs (``--regular-sample``), extrapolated like ``regular``
 
@@ -27,11 +29,12 @@ __all__ = ["ParslServerless"]
 class ParslServerless(System):
     peer = False
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, library_mode: str = "fork") -> None:
         self.mode = mode
-        self.name = f"parsl-{mode}"
+        self.library_mode = library_mode
+        self.name = f"parsl-{mode}" + ("-direct" if library_mode == "direct" else "")
         self.description = (f"Parsl + ServerlessExecutor, function_exec_mode={mode!r}, "
-                            "LocalProvider 1 block")
+                            f"library_mode={library_mode!r}, LocalProvider 1 block")
         #: the regular mode runs a sample (the runner extrapolates, as for ``regular``)
         self.sampled = mode == "regular"
         self.slow = mode == "regular"
@@ -54,7 +57,7 @@ class ParslServerless(System):
         config = Config(
             executors=[ServerlessExecutor(
                 label="serverless", function_exec_mode=self.mode, cores_per_node=cores(),
-                imports=workload.imports,
+                imports=workload.imports, library_mode=self.library_mode,
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )],
             run_dir=str(self._dir / "runinfo"),
