@@ -32,12 +32,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def make_dfk(run_dir: Path, mode: str = "serverless", provider: bool = True,
-             init_blocks: int = 1, **config_options) -> DataFlowKernel:
+             init_blocks: int = 1, manager_options: dict | None = None,
+             **config_options) -> DataFlowKernel:
     executor = ServerlessExecutor(
         label="serverless", function_exec_mode=mode, cores_per_node=2,
         provider=(LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1)
                   if provider else None),
-        manager_options=dict(heartbeat_interval=0.2, heartbeat_timeout=5.0),
+        manager_options=dict(heartbeat_interval=0.2, heartbeat_timeout=5.0,
+                             **(manager_options or {})),
     )
     config = Config(executors=[executor], run_dir=str(run_dir), strategy_period=0.2,
                     retries=2, usage_tracking=0, initialize_logging=False, **config_options)
@@ -305,6 +307,18 @@ def test_launch_command_carries_address_cores_and_secret_file(tmp_path):
     assert executor.workers_per_node == 8
     ManagerWithSecret.secret_file = None
     assert "--secret-file" not in executor._get_launch_command("4")
+
+
+def test_workers_launched_by_the_provider_read_the_managers_secret_file(tmp_path):
+    secret_file = tmp_path / "secret"
+    kernel = make_dfk(tmp_path / "runinfo", manager_options={"secret_file": secret_file})
+    try:
+        executor = kernel.executors["serverless"]
+        assert f"--secret-file {secret_file}" in executor._get_launch_command("9")
+        assert app(kernel)(add)(4, 5).result() == 9
+        assert executor.connected_workers == 1
+    finally:
+        kernel.cleanup()
 
 
 def test_importing_serverless_does_not_import_parsl():
