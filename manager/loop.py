@@ -122,6 +122,7 @@ class ManagerLoop:
         self._stopping = False
         self._stopped = threading.Event()
         self._on_tick: list[Callable[[], None]] = []
+        self._idle_waiters: list[threading.Event] = []  # set once no call is unfinished
         self.thread = threading.Thread(target=self._run, name="serverless-manager", daemon=True)
 
     # --- called from other threads ----------------------------------------------------
@@ -146,6 +147,16 @@ class ManagerLoop:
 
     def join(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every call submitted so far has finished (or the loop stopped)."""
+        idle = threading.Event()
+        self.command("when_idle", idle)
+        end = None if timeout is None else time.monotonic() + timeout
+        while not idle.wait(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))):
+            if self._stopped.is_set() or (end is not None and time.monotonic() >= end):
+                return idle.is_set()
+        return True
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -173,6 +184,8 @@ class ManagerLoop:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + tick_every
+                if self._idle_waiters and not self._has_unfinished():
+                    self._release_idle_waiters()
         except Exception:
             log.exception("the manager loop failed; failing every call")
             self._perform(self.scheduler.shutdown())
@@ -206,11 +219,29 @@ class ManagerLoop:
                 self._perform(self.scheduler.remove(value))
             elif kind == "cancel":
                 self._perform(self.scheduler.cancel(value))
+            elif kind == "when_idle":
+                self._idle_waiters.append(value)
             elif kind == "stop":
                 self._shutdown(value)
                 return
         if calls:
             self._perform(self.scheduler.submit(calls))
+
+    def _has_unfinished(self) -> bool:
+        """Whether any call the scheduler holds (queued or sent) has an unsettled future."""
+        scheduler = self.scheduler
+        for record in scheduler.libraries.values():
+            if any(not call.future.done() for call in record.pending):
+                return True
+        for instance in scheduler.instances.values():
+            if any(not call.future.done() for call in instance.outstanding.values()):
+                return True
+        return False
+
+    def _release_idle_waiters(self) -> None:
+        for event in self._idle_waiters:
+            event.set()
+        self._idle_waiters.clear()
 
     def _tick(self, now: float) -> None:
         self._perform(self.scheduler.tick(now))
@@ -229,10 +260,14 @@ class ManagerLoop:
 
     def _read_workers(self) -> None:
         sock = self._sock
-        for _ in range(10000):  # bounded, so commands and ticks still get their turn
+        # bounded, so commands and ticks still get their turn; EVENTS ends the drain
+        # without raising zmq.Again (building that exception cost more than a recv)
+        for _ in range(10000):
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            except zmq.Again:  # EVENTS said there was one; be safe anyway
                 return
             identity, frames = parts[0], parts[1:]
             try:
@@ -374,6 +409,7 @@ class ManagerLoop:
         self._context.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._release_idle_waiters()
         self._stopped.set()
 
 

@@ -59,8 +59,6 @@ class Manager:
         self._call_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
-        self._futures_lock = threading.Lock()
-        self._unfinished: set[Future] = set()
         self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
         self._secret = ManagerSecret(self.config.secret, self.config.secret_file)
         count = 1 if self.config.local_workers is None else self.config.local_workers
@@ -174,17 +172,10 @@ class Manager:
         record = CallRecord(call_id, library, function, blob,
                             timeout if timeout is not None else spec.timeout, future)
         future.record = record
-        with self._futures_lock:
-            self._unfinished.add(future)
-        future.add_done_callback(self._finished)
         return record
 
     def _cancelled(self, future: CallFuture) -> None:
         self._loop.command("cancel", future.record)
-
-    def _finished(self, future: Future) -> None:
-        with self._futures_lock:
-            self._unfinished.discard(future)
 
     # --- shutting down ----------------------------------------------------------------
 
@@ -205,11 +196,7 @@ class Manager:
                 return
             self._closed = True
         if wait and not cancel_futures:
-            from concurrent.futures import wait as wait_for
-
-            with self._futures_lock:
-                unfinished = list(self._unfinished)
-            wait_for(unfinished, timeout=timeout)
+            self._loop.wait_idle(timeout)
         self._loop.command("stop", "the manager shut down")
         self._loop.join()
         self._secret.cleanup()
