@@ -21,8 +21,7 @@ import json
 import os
 import pickle
 import resource
-import selectors
-import signal
+import select
 import socket
 import statistics
 import subprocess
@@ -77,33 +76,22 @@ def _fork_executor(calls: int, bare_child: bool) -> dict[str, float]:
     from bench import funcs
 
     die_with_parent(os.getppid())  # as the library's main() does
-    selector = selectors.DefaultSelector()
+    poller = select.epoll()
     results: list[tuple] = []
-    executor = ForkExecutor({"add": funcs.add}, 1, selector, results.append, selector.close, "costs")
+    executor = ForkExecutor({"add": funcs.add}, 1, poller, results.append, (poller.fileno(),))
     if bare_child:
         executor._become_child = lambda name: None  # type: ignore[method-assign]
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector.register(wake_r, selectors.EVENT_READ, "sigchld")
     gc.collect()
     gc.freeze()
     blob = dumps_args((1, 2), {})
     before, started = _usage(), time.perf_counter()
     executor.submit([(i, "add", blob, None) for i in range(calls)])
     while len(results) < calls or executor.busy():
-        for key, _ in selector.select(5.0):
-            if key.data == "sigchld":
-                try:
-                    while os.read(wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-                executor.reap()
-            else:
-                executor.on_readable(key.data)
+        wakeup = executor.next_wakeup()
+        for fd, _ in poller.poll(5.0 if wakeup is None else max(0.0, wakeup - time.monotonic())):
+            executor.on_readable(fd)
+        executor.reap()
+    executor.kill_all()  # reaps the last children (their CPU counts)
     measured = _per_call(before, _usage(), calls, time.perf_counter() - started)
     if any(entry[1] != 0 for entry in results):
         raise AssertionError("a call failed")

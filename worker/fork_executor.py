@@ -1,87 +1,149 @@
 """Fork mode: one child process per call, forked from the warm library process.
 
-    queued calls --start()--> fork --> child: run_call, write result to its pipe, _exit
-                                         |
-    library loop <--result pipe readable-+   (the result is reported as soon as it is
-                 <--SIGCHLD (wakeup fd)--+    complete, before the child's exit is reaped)
+    queued calls --start--> fork --> child: close inherited fds, run_call,
+                                            write the result to its pipe, _exit
+    library loop <--result pipe readable--+  the result is reported as soon as it is
+                                             complete, before the child has exited
+    library loop --reap()-- each pass ----+  children whose result is in are reaped with
+                                             waitpid(pid, WNOHANG) while they tear down
 
 At most ``slots`` children run a call at once. A child counts as running until its result
 has arrived, then only as "exiting" until it is reaped (its teardown costs about 1 ms of CPU
-and needs no slot). A child that exits without a complete result becomes a CRASHED entry
-naming its exit code or signal; one past its deadline is killed (TIMEOUT); a cancelled one
-is killed (CANCELLED). Children are reaped by pid, never with ``waitpid(-1)``, so processes
-that the library's own setup started are left alone.
+and needs no slot). A child that exits without a complete result (EOF on its pipe first)
+becomes a CRASHED entry naming its exit code or signal; one past its deadline is killed
+(TIMEOUT); a cancelled one is killed (CANCELLED). Children are reaped by pid, never with
+``waitpid(-1)``, so processes that the library's own setup started are left alone.
+
+What runs between ``fork()`` and the call is kept to a few system calls, because every
+Python object touched in the child (or in the parent while a child lives) costs a
+copy-on-write page fault: close the inherited descriptors by number, ``prctl`` through a
+ctypes function looked up once, check the parent. No SIGCHLD handler is needed (the pipe's
+EOF tells a crash, ``reap()`` collects the rest), the child keeps the library's process
+title, and faulthandler is already enabled in the library (the child inherits it).
+
+``os.fork()`` also runs the at-fork hooks of imported modules. ``threading``'s child hook
+rebuilds the threading module's state (new locks, a pass over every thread object): about
+300-600 us of a child's CPU here, mostly copy-on-write faults. In a process with a single
+Python thread there is nothing to rebuild, so :func:`cheap_threading_fork_hook` gives that
+hook a fast path for exactly that case, checked in each child; a child forked from a
+process with other threads still runs the full hook.
 """
 
 from __future__ import annotations
 
 import errno
-import faulthandler
 import os
 import pickle
-import selectors
 import signal
 import struct
 import sys
+import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from serverless.protocol import CallStatus, safe_dumps
 
 from .call_runner import run_call
 from .limits import memory_limit
-from .processes import die_with_parent, set_title
+from .processes import parent_death_signal
 
-__all__ = ["ForkExecutor"]
+__all__ = ["ForkExecutor", "REAP_INTERVAL", "cheap_threading_fork_hook"]
 
 _LENGTH = struct.Struct("!Q")
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
+_READABLE = 0x001  # select.EPOLLIN == select.POLLIN
 _CRASHED = int(CallStatus.CRASHED)
 _TIMEOUT = int(CallStatus.TIMEOUT)
 _CANCELLED = int(CallStatus.CANCELLED)
 _OUT_OF_MEMORY = int(CallStatus.OUT_OF_MEMORY)
+REAP_INTERVAL = 0.01  # seconds: how soon an idle loop comes back to reap exiting children
+
+
+_FAST_AFTER_FORK = """
+def _after_fork():
+    if not _limbo and len(_active) == 1 and get_ident() in _active:
+        return  # forked from a process with one Python thread: nothing to rebuild
+    _serverless_full_after_fork()
+"""
+
+
+def cheap_threading_fork_hook() -> bool:
+    """Give ``threading``'s after-fork hook a fast path for single-threaded parents.
+
+    The hook registered with ``os.register_at_fork`` is the function object
+    ``threading._after_fork``; its code is swapped for one that returns at once when the
+    forking process had one Python thread (the current one), and otherwise calls the
+    original. Returns False (and changes nothing) if this Python's threading module does
+    not look as expected.
+    """
+    module = vars(threading)
+    hook = module.get("_after_fork")
+    if "_serverless_full_after_fork" in module:
+        return True
+    if (not isinstance(hook, types.FunctionType) or hook.__code__.co_argcount
+            or hook.__closure__ or not {"_limbo", "_active", "get_ident"} <= module.keys()):
+        return False
+    module["_serverless_full_after_fork"] = types.FunctionType(
+        hook.__code__, module, "_after_fork", hook.__defaults__)
+    scratch: dict[str, Any] = {}
+    exec(_FAST_AFTER_FORK, scratch)
+    hook.__code__ = scratch["_after_fork"].__code__
+    return True
+
+
+class Poller(Protocol):
+    """What the executor needs of the loop's poller (``select.epoll`` or ``select.poll``)."""
+
+    def register(self, fd: int, eventmask: int = ...) -> None: ...
+
+    def unregister(self, fd: int) -> None: ...
 
 
 class _Child:
-    __slots__ = ("pid", "entry", "fd", "buffer", "deadline", "result", "end_status", "started")
+    __slots__ = ("pid", "entry", "fd", "buffer", "deadline", "result", "started")
 
     def __init__(self, pid: int, entry: tuple, fd: int, deadline: float | None) -> None:
         self.pid = pid
         self.entry = entry
         self.fd = fd
-        self.buffer = bytearray()
+        self.buffer = b""
         self.deadline = deadline
         self.result: tuple | None = None  # set when the result arrived (or the call ended)
-        self.end_status: tuple | None = None  # (status, payload) forced by timeout/cancel
         self.started = time.perf_counter()
 
 
 class ForkExecutor:
-    """Forks a child per call; feeds results to ``emit`` as they arrive."""
+    """Forks a child per call; feeds results to ``emit`` as they arrive.
+
+    ``poller`` is the loop's; the executor registers each child's result pipe on it and
+    the loop hands readable descriptors to :meth:`on_readable`. ``inherited_fds`` are the
+    loop's descriptors a child must not keep (the agent's socket, the poller).
+    """
 
     def __init__(
         self,
         functions: Mapping[str, Callable[..., Any]],
         slots: int,
-        selector: selectors.BaseSelector,
+        poller: Poller,
         emit: Callable[[tuple], None],
-        close_in_child: Callable[[], None],
-        title: str,
+        inherited_fds: Sequence[int] = (),
         memory_mb: int = 0,
     ) -> None:
         self._functions = functions
         self._slots = slots
-        self._selector = selector
+        self._poller = poller
         self._emit = emit
-        self._close_in_child = close_in_child
-        self._title = title
+        self._inherited_fds = tuple(inherited_fds)
         self._queue: deque[tuple] = deque()
-        self._running: dict[int, _Child] = {}  # pid -> child still owing a result
+        self._running: dict[int, _Child] = {}  # result pipe fd -> child still owing a result
         self._exiting: dict[int, _Child] = {}  # pid -> child whose result is in, not reaped
         self._parent_pid = os.getpid()
+        self._set_death_signal = parent_death_signal()
         self._memory = memory_limit(memory_mb, slots)  # None: no limit, no polling
+        cheap_threading_fork_hook()
 
     # --- what the loop calls ----------------------------------------------------------
 
@@ -90,60 +152,65 @@ class ForkExecutor:
         self._start_queued()
 
     def cancel(self, call_ids: set[int]) -> None:
-        kept = deque(e for e in self._queue if e[0] not in call_ids)
+        kept: deque[tuple] = deque()
         for entry in self._queue:
             if entry[0] in call_ids:
                 self._emit((entry[0], _CANCELLED, b"", 0.0))
+            else:
+                kept.append(entry)
         self._queue = kept
         for child in list(self._running.values()):
             if child.entry[0] in call_ids:
                 self._kill(child, _CANCELLED, b"")
-
-    def on_readable(self, child: _Child) -> None:
-        """The child's result pipe has data (or EOF)."""
-        self._read_pipe(child, until_eof=False)
         self._start_queued()
+
+    def on_readable(self, fd: int) -> bool:
+        """A result pipe has data (or EOF); False if ``fd`` is not one of ours."""
+        child = self._running.get(fd)
+        if child is None:
+            return False
+        self._read_pipe(child)
+        self._start_queued()
+        return True
 
     def reap(self) -> None:
-        """SIGCHLD arrived: collect every child that has exited."""
-        for pid, child in list(self._running.items()) + list(self._exiting.items()):
+        """Collect the children whose result is in and that have exited since."""
+        exiting = self._exiting
+        if not exiting:
+            return
+        for pid in list(exiting):
             try:
-                reaped, status = os.waitpid(pid, os.WNOHANG)
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                reaped, status = pid, 0
-            if reaped == 0:
-                continue
-            exit_code = os.waitstatus_to_exitcode(status)
-            if child.result is None:
-                self._read_pipe(child, until_eof=True)
-            if child.result is None:  # it died owing its result
-                status_code, payload = child.end_status or (
-                    _CRASHED,
-                    safe_dumps((exit_code, "")),
-                )
-                self._finish(child, (child.entry[0], status_code, payload, self._elapsed(child)))
-            self._exiting.pop(pid, None)
-            self._running.pop(pid, None)
-            self._close_pipe(child)
-        self._start_queued()
+                reaped = pid
+            if reaped:
+                del exiting[pid]
 
-    def next_deadline(self) -> float | None:
+    def next_wakeup(self) -> float | None:
+        """When the loop must come back even if nothing is readable (monotonic time)."""
         deadlines = [c.deadline for c in self._running.values() if c.deadline is not None]
         if self._memory is not None and self._running:
             deadlines.append(self._memory.next_check)
+        if self._exiting:
+            deadlines.append(time.monotonic() + REAP_INTERVAL)
         return min(deadlines) if deadlines else None
 
     def expire(self, now: float) -> None:
         for child in list(self._running.values()):
-            if child.deadline is not None and now >= child.deadline and child.result is None:
+            if child.deadline is not None and now >= child.deadline:
                 timeout = child.entry[3]
                 self._kill(child, _TIMEOUT, safe_dumps((float(timeout), "")))
         if self._memory is not None and self._running:
             for child, used in self._memory.over(list(self._running.values()), now):
                 self._kill(child, _OUT_OF_MEMORY, safe_dumps(self._memory.describe(used)))
+        self._start_queued()
 
     def busy(self) -> bool:
         return bool(self._queue or self._running)
+
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
+        return len(self._queue)
 
     def kill_all(self) -> None:
         """Kill every child (the instance is stopping) and reap them."""
@@ -192,18 +259,19 @@ class ForkExecutor:
         os.set_blocking(read_fd, False)
         timeout = entry[3]
         deadline = time.monotonic() + timeout if timeout else None
-        child = _Child(pid, entry, read_fd, deadline)
-        self._running[pid] = child
-        self._selector.register(read_fd, selectors.EVENT_READ, child)
+        self._running[read_fd] = _Child(pid, entry, read_fd, deadline)
+        self._poller.register(read_fd, _READABLE)
 
     def _become_child(self, function_name: str) -> None:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        self._close_in_child()
-        die_with_parent(self._parent_pid)
-        faulthandler.enable()
-        set_title(f"call {self._title}.{function_name}")
+        """The child's set-up before its call: system calls only, no shared objects."""
+        for fd in self._inherited_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._set_death_signal()
+        if os.getppid() != self._parent_pid:  # the library died before the call began
+            os._exit(1)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -212,9 +280,7 @@ class ForkExecutor:
             written = os.write(fd, view)
             view = view[written:]
 
-    def _read_pipe(self, child: _Child, until_eof: bool) -> None:
-        if child.fd < 0:
-            return
+    def _read_pipe(self, child: _Child) -> None:
         while True:
             try:
                 chunk = os.read(child.fd, _READ_SIZE)
@@ -223,45 +289,53 @@ class ForkExecutor:
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
+                chunk = b""
+            if not chunk:  # EOF with no complete result: the child died owing it
+                self._crashed(child)
                 return
-            if not chunk:  # EOF: every writer is gone
-                self._close_pipe(child)
-                return
-            child.buffer += chunk
-            if child.result is None and len(child.buffer) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(child.buffer, 0)
-                if len(child.buffer) >= _LENGTH.size + length:
-                    entry = pickle.loads(memoryview(child.buffer)[_LENGTH.size:])
-                    self._finish(child, entry)
+            buffer = child.buffer = child.buffer + chunk if child.buffer else chunk
+            if len(buffer) >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(buffer, 0)
+                if len(buffer) >= _LENGTH.size + length:
+                    entry = pickle.loads(memoryview(buffer)[_LENGTH.size:])
                     self._close_pipe(child)
+                    self._finish(child, entry)
                     return
-            if not until_eof:
-                return
+            if len(chunk) < _READ_SIZE:
+                return  # the rest comes with the next readable event
+
+    def _crashed(self, child: _Child) -> None:
+        self._close_pipe(child)
+        try:
+            _, status = os.waitpid(child.pid, 0)  # its descriptors are closed: it is ending
+            exit_code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            exit_code = -1
+        child.result = (child.entry[0], _CRASHED, safe_dumps((exit_code, "")), self._elapsed(child))
+        self._emit(child.result)
 
     def _finish(self, child: _Child, entry: tuple) -> None:
-        if child.result is not None:
-            return
         child.result = entry
         self._emit(entry)
-        if self._running.pop(child.pid, None) is not None:
-            self._exiting[child.pid] = child
+        self._exiting[child.pid] = child
 
     def _kill(self, child: _Child, status: int, payload: bytes) -> None:
-        child.end_status = (status, payload)
         try:
             os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._finish(child, (child.entry[0], status, payload, self._elapsed(child)))
         self._close_pipe(child)
+        self._finish(child, (child.entry[0], status, payload, self._elapsed(child)))
 
     def _close_pipe(self, child: _Child) -> None:
-        if child.fd >= 0:
+        fd = child.fd
+        if fd >= 0:
+            self._running.pop(fd, None)
             try:
-                self._selector.unregister(child.fd)
-            except (KeyError, ValueError):
+                self._poller.unregister(fd)
+            except (KeyError, ValueError, OSError):
                 pass
-            os.close(child.fd)
+            os.close(fd)
             child.fd = -1
 
     @staticmethod

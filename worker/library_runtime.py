@@ -6,13 +6,19 @@ FD is one end of a local stream socket to the agent::
     agent --Deploy--> load functions, import modules, run setup, gc.freeze()
           <--InstanceReady (or InstanceFailed with the traceback, then exit 3)
     agent --Calls---> executor (fork: a child per call; direct: run here)
-          <--Results   one batch per loop turn, as soon as results arrive
+          <--Results   batches: what is ready at the end of a loop pass (see below)
     agent --Cancel--> kill those calls' children / drop them from the queue
     agent --StopInstance, or EOF on the socket--> kill children, exit 0
 
-The loop is single-threaded (it forks), waits on the socket, the result pipes of children
-and a SIGCHLD wakeup fd, and never polls its parent: EOF on the socket means the agent is
-gone, and the kernel kills this process if the agent dies (PR_SET_PDEATHSIG).
+The loop is single-threaded (it forks) and waits in one ``epoll`` on the agent's socket
+and the result pipes of children. It never polls its parent: EOF on the socket means the
+agent is gone, and the kernel kills this process if the agent dies (PR_SET_PDEATHSIG).
+
+Results leave at the end of each loop pass. In fork mode, while calls are still queued
+here (the instance stays busy without the manager's help), results are held up to
+:data:`RESULT_HOLD_SECONDS` (or :data:`RESULT_HOLD_COUNT` of them) so that one message
+carries several: every message costs the agent and the manager a wake-up each. With
+nothing queued, a result leaves at once, so a lone call is never held.
 
 Exit codes: 0 stopped as asked or agent gone; 2 bad command line or protocol;
 3 the library failed to start (the traceback was sent in InstanceFailed).
@@ -24,7 +30,7 @@ import faulthandler
 import gc
 import importlib
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -60,7 +66,9 @@ from .processes import die_with_parent, set_title
 __all__ = ["main", "LibraryRuntime"]
 
 EXIT_OK, EXIT_USAGE, EXIT_START_FAILED = 0, 2, 3
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
+RESULT_HOLD_SECONDS = 0.01
+RESULT_HOLD_COUNT = 256
 
 
 class _Stop(Exception):
@@ -73,11 +81,11 @@ class LibraryRuntime:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._decoder = StreamDecoder()
-        self._selector = selectors.DefaultSelector()
+        self._poller = select.epoll()
         self._results: list[tuple] = []
+        self._held_since = 0.0  # when the oldest result not yet sent arrived (fork mode)
         self._instance_id = -1
         self._executor: ForkExecutor | DirectExecutor | None = None
-        self._wakeup_r = -1
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -129,61 +137,65 @@ class LibraryRuntime:
     def _make_executor(self, deploy: Deploy, payload: LibraryPayload):
         if deploy.mode == "direct":
             return DirectExecutor(payload.functions, self._results.append)
-        self._wakeup_r, wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_r, False)
-        os.set_blocking(wakeup_w, False)
-        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, "sigchld")
         return ForkExecutor(
             payload.functions,
             deploy.slots,
-            self._selector,
+            self._poller,
             self._results.append,
-            self._close_in_child,
-            deploy.library,
-            deploy.memory_mb,
+            inherited_fds=(self._sock.fileno(), self._poller.fileno()),
+            memory_mb=deploy.memory_mb,
         )
-
-    def _close_in_child(self) -> None:
-        self._selector.close()
-        self._sock.close()
-        os.close(self._wakeup_r)
 
     # --- serving ----------------------------------------------------------------------
 
     def serve(self) -> None:
         executor = self._executor
         assert executor is not None
-        self._selector.register(self._sock, selectors.EVENT_READ, "agent")
-        direct = isinstance(executor, DirectExecutor)
+        agent_fd = self._sock.fileno()
+        self._poller.register(agent_fd, select.EPOLLIN)
+        poll = self._poller.poll
         try:
-            while True:
-                timeout = self._select_timeout(executor, direct)
-                for key, _ in self._selector.select(timeout):
-                    if key.data == "agent":
+            if isinstance(executor, DirectExecutor):
+                while True:
+                    for _fd, _ in poll(0 if executor.busy() else -1):
                         self._read_agent()
-                    elif key.data == "sigchld":
-                        self._drain_wakeup()
-                        executor.reap()  # type: ignore[union-attr]
-                    else:
-                        executor.on_readable(key.data)  # type: ignore[union-attr]
-                if direct:
-                    executor.run_turn(time.perf_counter)  # type: ignore[union-attr]
-                else:
-                    executor.expire(time.monotonic())  # type: ignore[union-attr]
-                self._flush_results()
+                    executor.run_turn(time.perf_counter)
+                    self._flush_results()
+            else:
+                while True:
+                    for fd, _ in poll(self._fork_timeout(executor)):
+                        if fd == agent_fd:
+                            self._read_agent()
+                        else:
+                            executor.on_readable(fd)
+                    executor.reap()
+                    executor.expire(time.monotonic())
+                    self._flush_or_hold(executor)
         except _Stop:
             pass
         finally:
             if isinstance(executor, ForkExecutor):
                 executor.kill_all()
 
-    def _select_timeout(self, executor: Any, direct: bool) -> float | None:
-        if direct:
-            return 0 if executor.busy() else None
-        deadline = executor.next_deadline()
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
+    def _fork_timeout(self, executor: ForkExecutor) -> float:
+        """Seconds until a deadline, a reap or the held results are due (-1: none)."""
+        wakeup = executor.next_wakeup()
+        if self._results:
+            release = self._held_since + RESULT_HOLD_SECONDS
+            wakeup = release if wakeup is None else min(wakeup, release)
+        return -1 if wakeup is None else max(0.0, wakeup - time.monotonic())
+
+    def _flush_or_hold(self, executor: ForkExecutor) -> None:
+        results = self._results
+        if not results:
+            return
+        if executor.queued() and len(results) < RESULT_HOLD_COUNT:
+            now = time.monotonic()
+            if not self._held_since:
+                self._held_since = now
+            if now - self._held_since < RESULT_HOLD_SECONDS:
+                return  # busy anyway: let more results join this batch
+        self._flush_results()
 
     def _read_agent(self) -> None:
         try:
@@ -205,17 +217,14 @@ class LibraryRuntime:
             else:
                 raise ProtocolError(f"a library does not expect {msg.TAG}")
 
-    def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wakeup_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _flush_results(self) -> None:
-        if self._results:
-            batch, self._results[:] = list(self._results), []
-            self._send(Results(self._instance_id, len(batch), encode_batch(batch)))
+        results = self._results
+        if results:
+            payload = encode_batch(results)
+            count = len(results)
+            results.clear()  # the executors hold its append method: keep the same list
+            self._held_since = 0.0
+            self._send(Results(self._instance_id, count, payload))
 
     def _send(self, msg: Message) -> None:
         self._sock.sendall(b"".join(pack_stream(encode(msg))))

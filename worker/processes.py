@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import setproctitle
 
-__all__ = ["die_with_parent", "set_title", "thread_limit_env", "library_environment"]
+__all__ = ["die_with_parent", "parent_death_signal", "set_title", "thread_limit_env",
+           "library_environment"]
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -23,14 +24,32 @@ def die_with_parent(expected_parent: int | None = None, sig: int = signal.SIGKIL
     If the parent is already gone (``expected_parent`` given and no longer our parent), exit.
     Elsewhere than Linux this does nothing; the pipe-EOF rule still ends the process.
     """
-    global _libc
     if not sys.platform.startswith("linux"):
         return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    _load_libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if expected_parent is not None and os.getppid() != expected_parent:
         os._exit(1)
+
+
+def parent_death_signal(sig: int = signal.SIGKILL) -> Callable[[], object]:
+    """A function that does ``prctl(PR_SET_PDEATHSIG, sig)`` for the process calling it.
+
+    Everything is looked up now, so a forked child calling it runs one foreign call and
+    touches no shared Python objects beyond that. A no-op elsewhere than Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    return functools.partial(_load_libc().prctl, _PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _load_libc() -> ctypes.CDLL:
+    # the running program's own symbols include libc's; ctypes.util.find_library would
+    # import subprocess, tempfile and random into every library process, and random's
+    # after-fork hook then reseeds in each forked call (about 100 us of a child's CPU)
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
 
 
 def set_title(title: str) -> None:
