@@ -6,8 +6,8 @@
                                                                   settle futures)
 
 Commands from the API (submit calls, install, remove, cancel, stop) are queued on a deque;
-the loop is woken through a pipe only when it sleeps, so a burst of calls costs no syscall
-each. Every wake the loop drains the deque in one go (calls are batched per instance),
+the loop is woken through a pipe only when it sleeps and no wake-up byte is pending
+already, so a burst of calls costs no syscall each. Every wake the loop drains the deque in one go (calls are batched per instance),
 reads every waiting message, runs the scheduler and carries out its actions. A worker not
 heard from for the heartbeat timeout is declared lost; what it held is retried elsewhere.
 A message that cannot be decoded is logged and dropped; the loop goes on serving. With a
@@ -118,6 +118,7 @@ class ManagerLoop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sleeping = False
+        self._wake_pending = False  # a byte is in the wake-up pipe, the loop will see it
         self._workers: dict[bytes, WorkerInfo] = {}
         self._stopping = False
         self._stopped = threading.Event()
@@ -132,7 +133,8 @@ class ManagerLoop:
 
     def command(self, kind: str, value: Any = None) -> None:
         self._commands.append((kind, value))
-        if self._sleeping:
+        if self._sleeping and not self._wake_pending:
+            self._wake_pending = True
             try:
                 os.write(self._wake_w, b"w")
             except BlockingIOError:
@@ -176,6 +178,7 @@ class ManagerLoop:
                 self._sleeping = False
                 if self._wake_r in events:
                     self._drain_wake()
+                    self._wake_pending = False
                 if self._sock in events:
                     self._read_workers()
                 if self._commands:

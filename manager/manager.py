@@ -130,7 +130,9 @@ class Manager:
 
     def call(self, library: str, function: str, /, *args: Any, **kwargs: Any) -> CallFuture:
         """Run ``library.function(*args, **kwargs)`` remotely; returns a future at once."""
-        return self.submit(library, function, args, kwargs)
+        record = self._new_call(library, function, args, kwargs, None)
+        self._loop.command("call", record)
+        return record.future
 
     def submit(self, library: str, function: str, args: tuple = (), kwargs: dict | None = None,
                *, timeout: float | None = None) -> CallFuture:

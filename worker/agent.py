@@ -186,9 +186,10 @@ class WorkerAgent:
     # --- from the manager -------------------------------------------------------------
 
     def _read_manager(self) -> None:
-        while True:
+        sock = self._sock
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:  # no zmq.Again raised to end the drain
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._last_heard = time.monotonic()

@@ -22,7 +22,7 @@ from .processes import library_environment
 
 __all__ = ["LibraryHandle"]
 
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 
 
 class LibraryHandle:
