@@ -140,6 +140,7 @@ class ForkExecutor:
         self._queue: deque[tuple] = deque()
         self._running: dict[int, _Child] = {}  # result pipe fd -> child still owing a result
         self._exiting: dict[int, _Child] = {}  # pid -> child whose result is in, not reaped
+        self._timed = 0  # running children that have a deadline
         self._parent_pid = os.getpid()
         self._set_death_signal = parent_death_signal()
         self._memory = memory_limit(memory_mb, slots)  # None: no limit, no polling
@@ -188,22 +189,32 @@ class ForkExecutor:
 
     def next_wakeup(self) -> float | None:
         """When the loop must come back even if nothing is readable (monotonic time)."""
-        deadlines = [c.deadline for c in self._running.values() if c.deadline is not None]
+        wakeup = None
+        if self._timed:
+            wakeup = min(c.deadline for c in self._running.values() if c.deadline is not None)
         if self._memory is not None and self._running:
-            deadlines.append(self._memory.next_check)
+            check = self._memory.next_check
+            wakeup = check if wakeup is None else min(wakeup, check)
         if self._exiting:
-            deadlines.append(time.monotonic() + REAP_INTERVAL)
-        return min(deadlines) if deadlines else None
+            reap_at = time.monotonic() + REAP_INTERVAL
+            wakeup = reap_at if wakeup is None else min(wakeup, reap_at)
+        return wakeup
 
     def expire(self, now: float) -> None:
-        for child in list(self._running.values()):
-            if child.deadline is not None and now >= child.deadline:
-                timeout = child.entry[3]
-                self._kill(child, _TIMEOUT, safe_dumps((float(timeout), "")))
+        """Kill the children past their deadline (TIMEOUT) or over the memory limit."""
+        killed = False
+        if self._timed:  # else the common case: no running call has a timeout
+            expired = [c for c in self._running.values()
+                       if c.deadline is not None and now >= c.deadline]
+            for child in expired:
+                self._kill(child, _TIMEOUT, safe_dumps((float(child.entry[3]), "")))
+            killed = bool(expired)
         if self._memory is not None and self._running:
             for child, used in self._memory.over(list(self._running.values()), now):
                 self._kill(child, _OUT_OF_MEMORY, safe_dumps(self._memory.describe(used)))
-        self._start_queued()
+                killed = True
+        if killed:
+            self._start_queued()
 
     def busy(self) -> bool:
         return bool(self._queue or self._running)
@@ -229,6 +240,7 @@ class ForkExecutor:
             self._close_pipe(child)
         self._running.clear()
         self._exiting.clear()
+        self._timed = 0
 
     # --- inside -----------------------------------------------------------------------
 
@@ -258,7 +270,10 @@ class ForkExecutor:
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         timeout = entry[3]
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = None
+        if timeout:
+            deadline = time.monotonic() + timeout
+            self._timed += 1
         self._running[read_fd] = _Child(pid, entry, read_fd, deadline)
         self._poller.register(read_fd, _READABLE)
 
@@ -330,7 +345,8 @@ class ForkExecutor:
     def _close_pipe(self, child: _Child) -> None:
         fd = child.fd
         if fd >= 0:
-            self._running.pop(fd, None)
+            if self._running.pop(fd, None) is not None and child.deadline is not None:
+                self._timed -= 1
             try:
                 self._poller.unregister(fd)
             except (KeyError, ValueError, OSError):
