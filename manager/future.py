@@ -9,7 +9,8 @@ It is built for the hot path, where a manager settles tens of thousands of futur
 second that nobody has waited on yet:
 
 * its ``threading.Condition`` (with the ``RLock`` inside) is made on first use, by a
-  thread that waits, cancels or adds a callback; most futures never need one;
+  thread that waits, cancels or adds a callback; most futures never need one; the same
+  goes for its lists of waiters and callbacks;
 * the manager loop settles it with :meth:`CallFuture._settle`, which takes one lock shared
   by all call futures (:data:`_CREATE_LOCK`) instead: a future that has no condition yet
   has no waiter and no callback, so setting its state under that lock is all it takes;
@@ -52,8 +53,6 @@ class CallFuture(Future):
         self._state = PENDING
         self._result = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[Future], object]] = []
         self.call_id = call_id
         self.library = library
         self.function = function
@@ -69,6 +68,14 @@ class CallFuture(Future):
                 if condition is None:
                     condition = self.__dict__["_lazy_condition"] = threading.Condition()
         return condition
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]  # used by wait()/as_completed()
+        return self.__dict__.setdefault("_lazy_waiters", [])  # atomic under the GIL
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future], object]]:  # type: ignore[override]
+        return self.__dict__.setdefault("_lazy_done_callbacks", [])
 
     def cancel(self) -> bool:
         if self._state == FINISHED:  # final: no lock needed to say no

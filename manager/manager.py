@@ -9,6 +9,7 @@ futures as results come back. The functions themselves travel once per library i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import tempfile
@@ -70,6 +71,8 @@ class Manager:
         self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
                                     self.config.max_start_failures, self.config.start_backoff)
         self._loop = ManagerLoop(self.config, self._scheduler, local, keys=self._secret.keys)
+        # one callable shared by every future (not a bound method each), holding the loop only
+        self._on_cancel = functools.partial(_tell_loop_cancelled, self._loop)
         self._loop.start()
 
     # --- properties -------------------------------------------------------------------
@@ -170,14 +173,11 @@ class Manager:
             raise ValueError("timeout must be positive seconds")
         blob = dumps_args(tuple(args), kwargs)
         call_id = next(self._call_ids)
-        future = CallFuture(call_id, library, function, self._cancelled)
+        future = CallFuture(call_id, library, function, self._on_cancel)
         record = CallRecord(call_id, library, function, blob,
                             timeout if timeout is not None else spec.timeout, future)
         future.record = record
         return record
-
-    def _cancelled(self, future: CallFuture) -> None:
-        self._loop.command("cancel", future.record)
 
     # --- shutting down ----------------------------------------------------------------
 
@@ -217,6 +217,10 @@ class Manager:
                 self.shutdown(wait=False)
             except Exception:
                 pass
+
+
+def _tell_loop_cancelled(loop: ManagerLoop, future: CallFuture) -> None:
+    loop.command("cancel", future.record)
 
 
 def _results_in_order(futures: list[Future], timeout: float | None) -> Iterator[Any]:
