@@ -37,7 +37,7 @@ from concurrent.futures._base import (
 )
 from typing import Any
 
-__all__ = ["CallFuture"]
+__all__ = ["CallFuture", "PENDING"]
 
 _CREATE_LOCK = threading.Lock()  # guards creating a future's condition and the fast settle
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)

@@ -71,6 +71,7 @@ from serverless.security import CurveKeys
 from serverless.transport import Endpoint, bind_router, new_context
 
 from .config import ManagerConfig
+from .future import PENDING
 from .local_workers import LocalWorkers
 from .records import (
     Action,
@@ -352,7 +353,8 @@ class ManagerLoop:
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendCalls):
-                entries = [call.entry() for call in action.calls]
+                # CallRecord.entry(), inline: this runs once per call
+                entries = [(c.call_id, c.function, c.args, c.timeout) for c in action.calls]
                 self._send_to(action.worker_id, Calls(action.instance_id, len(entries), encode_batch(entries)))
             elif isinstance(action, CallsFinished):
                 for call, status, payload, _duration in action.results:
@@ -416,16 +418,21 @@ class ManagerLoop:
         self._stopped.set()
 
 
+_OK = int(CallStatus.OK)
+
+
 def _settle(call: CallRecord, status: int, payload: bytes) -> None:
     """Resolve a call's future from its result entry."""
     future = call.future
-    if future.done():
+    if future._state != PENDING:  # cancelled by the user meanwhile
         return
-    if status == CallStatus.OK:
+    if status == _OK:
         try:
-            future._settle(loads_result(payload))
+            value = loads_result(payload)
         except SerializationError as exc:
             future._settle(error=exc)
+            return
+        future._settle(value)
         return
     future._settle(error=_error_for(call, status, payload))
 

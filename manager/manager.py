@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from pickle import dumps as _pickle_dumps
 import logging
 import tempfile
 import threading
@@ -161,7 +162,8 @@ class Manager:
 
     def _new_call(self, library: str, function: str, args: tuple, kwargs: dict,
                   timeout: float | None) -> CallRecord:
-        self._check_open()
+        if self._closed:
+            raise ManagerClosed("the manager is shut down")
         spec = self._libraries.get(library)
         if spec is None:
             raise UnknownLibrary(f"no library named {library!r} is installed "
@@ -171,7 +173,12 @@ class Manager:
                                   f"(it has: {', '.join(sorted(spec.functions))})")
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive seconds")
-        blob = dumps_args(tuple(args), kwargs)
+        if type(args) is not tuple:
+            args = tuple(args)
+        try:  # the common case, inline; dumps_args adds the cloudpickle fallback and errors
+            blob = _pickle_dumps((args, kwargs), 5)
+        except Exception:
+            blob = dumps_args(args, kwargs)
         call_id = next(self._call_ids)
         future = CallFuture(call_id, library, function, self._on_cancel)
         record = CallRecord(call_id, library, function, blob,
