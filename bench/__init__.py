@@ -14,5 +14,7 @@ One module per job: :mod:`bench.funcs` holds the functions every system runs,
 :mod:`bench.report` and :mod:`bench.chart` the output, :mod:`bench.machine` the machine
 facts, :mod:`bench.floor_worker` the floors' bare loops. Apart from the comparison,
 ``python -m bench.breakdown`` splits a call's cost in the engine (:mod:`bench.cpu`,
-:mod:`bench.profiling`) and ``python -m bench.costs`` measures the unit costs beneath it.
+:mod:`bench.profiling`), ``python -m bench.costs`` measures the unit costs beneath it, and
+``python -m bench.probe`` is a one-minute probe of calls/s, manager CPU and latency for
+comparing two versions of the engine side by side.
 """

@@ -1,0 +1,79 @@
+"""A quick side-by-side probe of the engine: ``python -m bench.probe``.
+
+One ``serverless.Manager()`` per measurement, a bare library with ``add``, then:
+
+    direct, fork   N calls with ``Manager.call`` then ``result()`` on each, 3 times:
+                   the median calls/s and the manager process's CPU per call (all its threads)
+    latd, latf     calls one in flight: p50 and p90 in microseconds
+
+It prints one JSON line. To compare two versions of the engine at the same moment (the only
+comparison that means anything on a shared machine), run it alternately against each, e.g.
+with an older commit exported to a directory laid out as the installed package
+(``serverless/``, ``serverless/manager/``, ``serverless/worker/``) and put first on
+``PYTHONPATH``, from a directory other than the repository's root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import serverless
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def _throughput(manager: Any, n: int) -> dict[str, float]:
+    rates, cpu = [], []
+    for _ in range(3):
+        cpu_before, started = time.process_time(), time.perf_counter()
+        futures = [manager.call("lib", "add", i, 1) for i in range(n)]
+        results = [f.result() for f in futures]
+        elapsed, used = time.perf_counter() - started, time.process_time() - cpu_before
+        if results != [i + 1 for i in range(n)]:
+            raise AssertionError("wrong results")
+        rates.append(n / elapsed)
+        cpu.append(used / n * 1e6)
+    return {"rate": statistics.median(rates), "mgr_cpu_us": statistics.median(cpu)}
+
+
+def _latency(manager: Any, n: int) -> dict[str, float]:
+    seconds = []
+    for i in range(n):
+        started = time.perf_counter()
+        if manager.call("lib", "add", i, 1).result() != i + 1:
+            raise AssertionError("wrong result")
+        seconds.append(time.perf_counter() - started)
+    seconds.sort()
+    return {"p50_us": seconds[len(seconds) // 2] * 1e6, "p90_us": seconds[int(len(seconds) * 0.9)] * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--what", default="direct,fork,latd,latf")
+    parser.add_argument("-n", type=int, default=20000, help="direct-mode calls per run")
+    parser.add_argument("--nf", type=int, default=2000, help="fork-mode calls per run")
+    parser.add_argument("--imports", default="", help="comma-separated modules the library imports")
+    args = parser.parse_args(argv)
+    imports = [m for m in args.imports.split(",") if m]
+    out: dict[str, Any] = {"src": serverless.__file__}
+    for what in args.what.split(","):
+        mode = "direct" if what in ("direct", "latd") else "fork"
+        with serverless.Manager() as manager:
+            manager.install(serverless.Library("lib", {"add": add}, imports=imports, mode=mode, slots=1))
+            list(manager.map("lib", "add", range(200), range(200)))  # warm-up: instances up
+            if what in ("direct", "fork"):
+                out[what] = _throughput(manager, args.n if what == "direct" else args.nf)
+            else:
+                out[what] = _latency(manager, 1000 if what == "latd" else 200)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
