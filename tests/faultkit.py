@@ -70,7 +70,11 @@ def tree(pid: int) -> list[psutil.Process]:
 def libraries_of(worker_pid: int) -> list[psutil.Process]:
     """The library processes a worker agent runs now."""
     found = []
-    for proc in tree(worker_pid)[1:]:
+    try:  # the agent's own children: forked calls, one level down, keep their library's title
+        children = psutil.Process(worker_pid).children()
+    except psutil.NoSuchProcess:
+        children = []
+    for proc in children:
         try:
             command = " ".join(proc.cmdline())  # set_title renames it "serverless library ..."
             if "library_runtime" in command or command.startswith("serverless library"):
