@@ -63,14 +63,17 @@ class LocalWorkers:
                     start_new_session=True,  # Ctrl-C reaches the manager, which stops us
                 ))
 
-    def stop(self, grace: float) -> None:
-        """Wait for the workers to exit (they were sent Shutdown); escalate if they do not."""
+    def stop(self, grace: float, told_to_stop: set[int] | frozenset[int] = frozenset()) -> None:
+        """Stop the workers: those in ``told_to_stop`` (sent Shutdown) get ``grace`` seconds
+        to exit; the others (never registered) get SIGTERM at once, which stops them
+        cleanly too; any still running after that is killed."""
         for process in self.processes:
-            try:
-                process.wait(grace)
-                continue
-            except subprocess.TimeoutExpired:
-                log.warning("local worker %d did not stop; terminating it", process.pid)
+            if process.pid in told_to_stop:
+                try:
+                    process.wait(grace)
+                    continue
+                except subprocess.TimeoutExpired:
+                    log.warning("local worker %d did not stop; terminating it", process.pid)
             process.terminate()
             try:
                 process.wait(grace)

@@ -121,6 +121,7 @@ class ManagerLoop:
         self._sleeping = False
         self._wake_pending = False  # a byte is in the wake-up pipe, the loop will see it
         self._workers: dict[bytes, WorkerInfo] = {}
+        self._told_to_stop: set[int] = set()  # pids of workers sent Shutdown
         self._stopping = False
         self._stopped = threading.Event()
         self._on_tick: list[Callable[[], None]] = []
@@ -399,17 +400,20 @@ class ManagerLoop:
 
     def _shutdown(self, reason: str) -> None:
         self._perform(self.scheduler.shutdown())
-        for identity in list(self._workers):
+        for identity, worker in list(self._workers.items()):
             self._send(identity, Shutdown(reason))
+            self._told_to_stop.add(worker.pid)
         self._workers.clear()
         self._stopping = True
 
     def _close(self) -> None:
         self._perform(self.scheduler.shutdown())
         if self.local_workers is not None:
-            for identity in list(self._workers):
+            for identity, worker in list(self._workers.items()):
                 self._send(identity, Shutdown("the manager stopped"))
-            self.local_workers.stop(grace=5.0)  # the socket stays open while they stop
+                self._told_to_stop.add(worker.pid)
+            # the socket stays open while they stop; one never registered gets SIGTERM at once
+            self.local_workers.stop(grace=5.0, told_to_stop=self._told_to_stop)
         self._sock.close(linger=500)  # let Shutdown messages to remote workers go out
         self._context.term()
         os.close(self._wake_r)
