@@ -451,7 +451,7 @@ def _error_for(call: CallRecord, status: int, payload: bytes) -> BaseException:
             return CallCrashed(exit_code, detail or name)
         if status == CallStatus.TIMEOUT:
             seconds, _ = safe_loads(payload)
-            return CallTimeout(f"{name} ran over its timeout of {seconds:g} s and was killed")
+            return CallTimeout(f"{name} ran over its timeout of {seconds:g} s and was stopped")
         if status == CallStatus.OUT_OF_MEMORY:
             limit, _ = safe_loads(payload)
             return CallOutOfMemory(f"{name} went over the memory limit of {limit} MB and was killed")
