@@ -110,6 +110,12 @@ def where(parsl_resource_specification=None):
     return os.getpid(), "serverless.worker.fork_executor" in sys.modules
 
 
+def parsl_loaded(parsl_resource_specification=None):
+    import sys
+
+    return "parsl" in sys.modules
+
+
 def fails(x):
     raise ValueError(f"bad input {x}")
 
@@ -158,6 +164,39 @@ def test_fork_mode_runs_each_call_in_a_fresh_child_of_a_warm_library(dfk):
     results = [where_app().result() for _ in range(4)]
     assert len({pid for pid, _ in results}) == 4
     assert all(in_library for _, in_library in results)
+
+
+def test_a_plain_python_apps_library_does_not_import_parsl(dfk):
+    from parsl.app.errors import wrap_error
+    from parsl.app.python import timeout
+
+    from serverless.parsl.apps import strip_wrap_error
+
+    assert strip_wrap_error(wrap_error(add)) is add
+    assert strip_wrap_error(add) is add
+    walltime = timeout(wrap_error(add), 5.0)  # needs Parsl's AppTimeout: kept whole
+    assert strip_wrap_error(walltime) is walltime
+    bash = app(dfk, "bash")(echo).wrapped_remote_function  # wrap_error around a partial
+    assert strip_wrap_error(bash) is bash
+    loaded_app = app(dfk)(parsl_loaded)
+    assert [loaded_app().result() for _ in range(3)] == [False] * 3
+    assert loaded_app(parsl_resource_specification={"exec_mode": "regular"}).result() is False
+
+
+def test_retry_handler_sees_the_apps_own_exception(tmp_path):
+    seen = []
+
+    def handler(exc, task_record):
+        seen.append(type(exc))
+        return 1
+
+    kernel = make_dfk(tmp_path, provider=False, retry_handler=handler)
+    try:
+        with pytest.raises(ValueError, match="bad input 3"):
+            app(kernel)(fails)(3).result()
+    finally:
+        kernel.cleanup()
+    assert seen == [ValueError] * 3  # retries=2: three tries, each the app's ValueError
 
 
 def test_app_exception_is_the_apps_own_with_remote_traceback(dfk):

@@ -17,6 +17,11 @@ functions it wraps) import. Each call then sends only its arguments.
 Regular mode: the function is pickled by value once per key; every call sends that blob
 and its arguments to the ``parsl-regular-…`` library for its request (see :mod:`.regular`).
 
+Both modes first take a plain python app's own function out of Parsl's ``wrap_error``
+(:func:`strip_wrap_error`): the wrapper imports Parsl on every call, which would make each
+app's library import all of Parsl and fork more slowly; the engine returns the app's
+exception itself, which the DataFlowKernel handles as it handles the wrapper's.
+
 A function's globals are captured when its library is installed: an app that reads a
 module-level variable the program changes later sees the value it had at its first call.
 """
@@ -37,12 +42,38 @@ from serverless.serialization import dumps_by_value
 from .regular import run_fresh
 from .resources import Request
 
-__all__ = ["function_key", "unwrap", "AppLibrary", "AppLibraries", "APP_FUNCTION",
+__all__ = ["function_key", "unwrap", "strip_wrap_error", "AppLibrary", "AppLibraries", "APP_FUNCTION",
            "REGULAR_FUNCTION"]
 
 APP_FUNCTION = "app"
 REGULAR_FUNCTION = "run_fresh"
 _CONSTANTS = (int, float, complex, str, bytes, bool, type(None))
+
+
+def strip_wrap_error(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The python app's own function if ``fn`` is Parsl's ``wrap_error`` wrapper around a
+    plain function; otherwise ``fn`` itself.
+
+    ``wrap_error`` (parsl/app/errors.py) turns an app's exception into a returned
+    ``RemoteExceptionWrapper`` and imports ``parsl.app.errors`` to do it, so a library
+    running it would import all of Parsl. The engine already hands back the app's own
+    exception (its remote traceback as ``__cause__``), which the DataFlowKernel treats as
+    the app's failure just as it treats a returned wrapper (it calls ``reraise()`` on one).
+    ``functools.wraps`` copies ``__module__`` and ``__qualname__`` from the app, so the
+    wrapper is recognised by its code and globals instead. A ``bash_app``'s wrapper (around a
+    ``partial`` of Parsl's bash runner) and a ``walltime`` ``timeout`` wrapper (which needs
+    Parsl's ``AppTimeout``) are left as they are.
+    """
+    code = getattr(fn, "__code__", None)
+    inner = getattr(fn, "__wrapped__", None)
+    if not (isinstance(fn, types.FunctionType) and isinstance(inner, types.FunctionType)):
+        return fn
+    if (fn.__globals__.get("__name__") != "parsl.app.errors" or code.co_name != "wrapper"
+            or getattr(code, "co_qualname", "wrap_error.<locals>.wrapper")
+            != "wrap_error.<locals>.wrapper"
+            or code.co_freevars != ("func",) or fn.__closure__[0].cell_contents is not inner):
+        return fn
+    return inner
 
 
 def _value_key(value: Any, depth: int) -> Any:

@@ -43,7 +43,7 @@ from parsl.providers.base import ExecutionProvider
 
 from serverless.serialization import dumps_args
 
-from .apps import APP_FUNCTION, REGULAR_FUNCTION, AppLibraries
+from .apps import APP_FUNCTION, REGULAR_FUNCTION, AppLibraries, strip_wrap_error
 from .resources import EXEC_MODES, parse_resource_specification
 
 __all__ = ["ServerlessExecutor"]
@@ -210,6 +210,7 @@ class ServerlessExecutor(BlockProviderExecutor):
             raise RuntimeError(f"executor {self.label!r} is not started")
         request = parse_resource_specification(resource_specification, self.function_exec_mode,
                                                self.cores_per_app, self.memory_per_app)
+        func = strip_wrap_error(func)  # a plain python app runs without Parsl (see apps.py)
         if request.mode == "serverless":
             library = self._apps.serverless_library(func, request)
             future = self.manager.submit(library, APP_FUNCTION, args, kwargs)
