@@ -17,14 +17,13 @@ from bench.workloads import Workload
 
 from .base import System, Timed, cores, function_of, missing_package, timed
 
-__all__ = ["ParslHtex"]
+__all__ = ["ParslSystem", "ParslHtex"]
 
 
-class ParslHtex(System):
-    name = "parsl-htex"
-    description = "Parsl HighThroughputExecutor, 1 node, cores workers"
-    peer = True
-    slow = True
+class ParslSystem(System):
+    """What every system run through a Parsl DataFlowKernel shares: one ``python_app``
+    invocation per call, and the DFK and its run directory cleaned up at the end.
+    ``open`` loads the DFK into ``_dfk``, the app into ``_app`` and makes ``_dir``."""
 
     def __init__(self) -> None:
         self._dfk: Any = None
@@ -33,6 +32,36 @@ class ParslHtex(System):
 
     def unavailable(self) -> str | None:
         return missing_package("parsl")
+
+    def run_all(self, arguments: list[tuple]) -> Timed:
+        app = self._app
+
+        def run() -> list[Any]:
+            futures = [app(*args) for args in arguments]
+            return [f.result() for f in futures]
+
+        return timed(run)
+
+    def call_one(self, args: tuple) -> Any:
+        return self._app(*args).result()
+
+    def close(self) -> None:
+        if self._dfk is not None:
+            import parsl
+
+            self._dfk.cleanup()
+            parsl.clear()
+            self._dfk = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class ParslHtex(ParslSystem):
+    name = "parsl-htex"
+    description = "Parsl HighThroughputExecutor, 1 node, cores workers"
+    peer = True
+    slow = True
 
     def open(self, workload: Workload) -> None:
         import parsl
@@ -59,26 +88,3 @@ class ParslHtex(System):
             future.result()
         for future in [self._app(*a) for a in workload.arguments(10 * cores())]:
             future.result()
-
-    def run_all(self, arguments: list[tuple]) -> Timed:
-        app = self._app
-
-        def run() -> list[Any]:
-            futures = [app(*args) for args in arguments]
-            return [f.result() for f in futures]
-
-        return timed(run)
-
-    def call_one(self, args: tuple) -> Any:
-        return self._app(*args).result()
-
-    def close(self) -> None:
-        if self._dfk is not None:
-            import parsl
-
-            self._dfk.cleanup()
-            parsl.clear()
-            self._dfk = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None

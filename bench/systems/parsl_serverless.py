@@ -21,12 +21,13 @@ from typing import Any
 
 from bench.workloads import Workload
 
-from .base import System, Timed, cores, function_of, missing_package, timed
+from .base import cores, function_of
+from .parsl_peer import ParslSystem
 
 __all__ = ["ParslServerless"]
 
 
-class ParslServerless(System):
+class ParslServerless(ParslSystem):
     peer = False
 
     def __init__(self, mode: str, library_mode: str = "fork") -> None:
@@ -39,12 +40,7 @@ class ParslServerless(System):
         self.sampled = mode == "regular"
         self.slow = mode == "regular"
         self.latency_cap = 20 if mode == "regular" else None
-        self._dfk: Any = None
-        self._app: Any = None
-        self._dir: Path | None = None
-
-    def unavailable(self) -> str | None:
-        return missing_package("parsl")
+        super().__init__()
 
     def open(self, workload: Workload) -> None:
         import parsl
@@ -71,32 +67,9 @@ class ParslServerless(System):
         for future in [self._app(*a) for a in workload.arguments(warm)]:
             future.result()
 
-    def run_all(self, arguments: list[tuple]) -> Timed:
-        app = self._app
-
-        def run() -> list[Any]:
-            futures = [app(*args) for args in arguments]
-            return [f.result() for f in futures]
-
-        return timed(run)
-
-    def call_one(self, args: tuple) -> Any:
-        return self._app(*args).result()
-
     def facts(self) -> dict[str, Any]:
         executor = self._dfk.executors["serverless"] if self._dfk is not None else None
         return {"libraries": executor.libraries() if executor is not None else []}
-
-    def close(self) -> None:
-        if self._dfk is not None:
-            import parsl
-
-            self._dfk.cleanup()
-            parsl.clear()
-            self._dfk = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
 
 
 # --- serverless mode against TaskVine's way of doing it ---------------------------------
