@@ -68,7 +68,7 @@ from serverless.protocol import (
 )
 from serverless.serialization import decode_exception, loads_result
 from serverless.security import CurveKeys
-from serverless.transport import Endpoint, bind_router, new_context
+from serverless.transport import bind_router, new_context
 
 from .config import ManagerConfig
 from .future import PENDING
@@ -400,18 +400,19 @@ class ManagerLoop:
 
     def _shutdown(self, reason: str) -> None:
         self._perform(self.scheduler.shutdown())
+        self._tell_workers_to_stop(reason)
+        self._workers.clear()
+        self._stopping = True
+
+    def _tell_workers_to_stop(self, reason: str) -> None:
         for identity, worker in list(self._workers.items()):
             self._send(identity, Shutdown(reason))
             self._told_to_stop.add(worker.pid)
-        self._workers.clear()
-        self._stopping = True
 
     def _close(self) -> None:
         self._perform(self.scheduler.shutdown())
         if self.local_workers is not None:
-            for identity, worker in list(self._workers.items()):
-                self._send(identity, Shutdown("the manager stopped"))
-                self._told_to_stop.add(worker.pid)
+            self._tell_workers_to_stop("the manager stopped")
             # the socket stays open while they stop; one never registered gets SIGTERM at once
             self.local_workers.stop(grace=5.0, told_to_stop=self._told_to_stop)
         self._sock.close(linger=500)  # let Shutdown messages to remote workers go out

@@ -15,6 +15,7 @@ from pickle import dumps as _pickle_dumps
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -162,8 +163,7 @@ class Manager:
 
     def _new_call(self, library: str, function: str, args: tuple, kwargs: dict,
                   timeout: float | None) -> CallRecord:
-        if self._closed:
-            raise ManagerClosed("the manager is shut down")
+        self._check_open()
         spec = self._libraries.get(library)
         if spec is None:
             raise UnknownLibrary(f"no library named {library!r} is installed "
@@ -231,8 +231,6 @@ def _tell_loop_cancelled(loop: ManagerLoop, future: CallFuture) -> None:
 
 
 def _results_in_order(futures: list[Future], timeout: float | None) -> Iterator[Any]:
-    import time
-
     end = None if timeout is None else time.monotonic() + timeout
     try:
         for future in futures:
