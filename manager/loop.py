@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import threading
 import time
@@ -85,7 +86,7 @@ from .records import (
 )
 from .scheduler import Scheduler
 
-__all__ = ["ManagerLoop", "WorkerInfo"]
+__all__ = ["ManagerLoop", "WorkerInfo", "poll_milliseconds"]
 
 log = logging.getLogger("serverless.manager")
 
@@ -176,7 +177,7 @@ class ManagerLoop:
             while not self._stopping:
                 self._sleeping = True
                 timeout = 0 if self._commands else max(0.0, next_tick - time.monotonic())
-                events = dict(poller.poll(int(timeout * 1000)))
+                events = dict(poller.poll(poll_milliseconds(timeout)))
                 self._sleeping = False
                 if self._wake_r in events:
                     self._drain_wake()
@@ -424,6 +425,15 @@ class ManagerLoop:
 
 
 _OK = int(CallStatus.OK)
+
+
+def poll_milliseconds(seconds: float) -> int:
+    """A poll timeout in whole milliseconds that never wakes before ``seconds`` have passed.
+
+    Rounded up: ``int()`` would turn the last millisecond before a tick into a timeout of
+    0, and the loop would spin through it.
+    """
+    return max(0, math.ceil(seconds * 1000))
 
 
 def _settle(call: CallRecord, status: int, payload: bytes) -> None:
