@@ -80,7 +80,7 @@ def _fork_executor(calls: int, bare_child: bool) -> dict[str, float]:
     results: list[tuple] = []
     executor = ForkExecutor({"add": funcs.add}, 1, poller, results.append, (poller.fileno(),))
     if bare_child:
-        executor._become_child = lambda name: None  # type: ignore[method-assign]
+        executor._become_child = lambda: None  # type: ignore[method-assign]
     gc.collect()
     gc.freeze()
     blob = dumps_args((1, 2), {})

@@ -171,6 +171,7 @@ class LibraryRuntime:
                     executor.reap()
                     executor.expire(time.monotonic())
                     self._flush_or_hold(executor)
+                    executor.keep_spare()
         except _Stop:
             pass
         finally:
