@@ -244,6 +244,10 @@ class ForkExecutor:
     def busy(self) -> bool:
         return bool(self._queue or self._running)
 
+    @property
+    def slots(self) -> int:
+        return self._slots
+
     def queued(self) -> int:
         """Calls waiting for a slot."""
         return len(self._queue)
