@@ -20,7 +20,8 @@ memory each queued call holds (growth of the process's resident memory, includin
 caller's list of futures) and the submitting CPU per call.
 
 In fork mode it also runs the fork floor (:mod:`bench.floor_worker`) on the same calls,
-for its wall and CPU per call. It prints a report and writes ``DIR/breakdown-<time>.json``.
+for its wall and CPU per call. With a latency test it also times the bare round trips a
+call crosses (:mod:`bench.transport_floor`). It prints a report and writes ``DIR/breakdown-<time>.json``.
 """
 
 from __future__ import annotations
@@ -293,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         report = measure_mode(mode, n, imports, args.latency_n, not args.no_py_spy)
         document["reports"].append(report)
         print(render(report), flush=True)
+        print()
+    if args.latency_n:
+        from bench.transport_floor import measure as measure_floors, render as render_floors
+
+        document["transport_floors"] = floors = measure_floors(max(args.latency_n, 1000))
+        print(render_floors(floors))
         print()
     if args.queued:
         queued = queued_memory(args.queued)

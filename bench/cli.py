@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json(json_path, document)
 
     runs = run_all(workloads, systems, settings, progress=not args.no_progress, on_run=save)
+    floors = None
+    if any(w.kind == "latency" for w in workloads):  # what the latencies are made of
+        from bench.transport_floor import measure as measure_floors
+
+        floors = document["transport_floors"] = measure_floors(args.latency_n)
 
     document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     document["seconds"] = round(time.time() - started, 1)
@@ -135,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     document["targets"] = [asdict(t) for t in found]
     print()
     print(tables(runs, workloads))
+    if floors:
+        from bench.transport_floor import render as render_floors
+
+        print()
+        print(render_floors(floors))
     if found:
         print()
         print(targets_table(found))

@@ -63,6 +63,10 @@ def test_bench_runs_every_default_system_and_writes_json(tmp_path: Path) -> None
     if HAS_PANDAS:
         assert ran[("latency", "serverless-direct")]["latency"]["p50"] > 0
         assert "p50" in done.stdout
+        floors = document["transport_floors"]  # what a latency is made of, same run
+        assert set(floors) == {"thread", "pipe", "socketpair", "zmq_tcp", "chain"}
+        assert all(f["p50_us"] > 0 for f in floors.values())
+        assert "transport floors" in done.stdout
     if HAS_MATPLOTLIB:
         assert (out / json_path.name.replace(".json", ".png")).stat().st_size > 1000
 
