@@ -5,8 +5,8 @@
                  - the same loop in a process with the library runtime's imports,
                  - the engine's own ForkExecutor (one slot), as a library runs it,
                  - the same ForkExecutor with the child's set-up (``_become_child``) skipped
-    transport    round trip of a small message: socketpair (64 KiB and 1 MiB reads, as the
-                 agent and library read), zmq DEALER/ROUTER over TCP loopback
+
+The round trips of the transports a call crosses are :mod:`bench.transport_floor`'s.
 
 Each measurement runs in a fresh interpreter (``python -m bench.costs --one NAME``) so that
 imports do not leak between them. The ForkExecutor ones use the engine's private classes
@@ -22,8 +22,6 @@ import os
 import pickle
 import resource
 import select
-import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +32,6 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FORK_LOOPS = ("floor", "floor+runtime-imports", "fork-executor", "fork-executor-bare-child")
-TRANSPORTS = ("socketpair-64k", "socketpair-1m", "zmq-tcp")
 
 
 def _usage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
@@ -98,58 +95,6 @@ def _fork_executor(calls: int, bare_child: bool) -> dict[str, float]:
     return measured
 
 
-def _socketpair(calls: int, read_size: int) -> dict[str, float]:
-    a, b = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        a.close()
-        while data := b.recv(read_size):
-            b.sendall(data)
-        os._exit(0)
-    b.close()
-    message, times = b"x" * 90, []
-    for _ in range(calls):
-        started = time.perf_counter()
-        a.sendall(message)
-        a.recv(read_size)
-        times.append(time.perf_counter() - started)
-    a.close()
-    os.waitpid(pid, 0)
-    return {"round_trip_p50_us": statistics.median(times) * 1e6}
-
-
-def _zmq_tcp(calls: int) -> dict[str, float]:
-    import zmq
-
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    pid = os.fork()
-    if pid == 0:
-        child = zmq.Context()
-        dealer = child.socket(zmq.DEALER)
-        dealer.connect(f"tcp://127.0.0.1:{port}")
-        dealer.send(b"hello")
-        while (frames := dealer.recv_multipart())[0] != b"stop":
-            dealer.send_multipart(frames)
-        os._exit(0)
-    identity, _ = router.recv_multipart()
-    times = []
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(calls):
-        started = time.perf_counter()
-        router.send_multipart([identity, b"x" * 90])
-        router.recv_multipart()
-        times.append(time.perf_counter() - started)
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    router.send_multipart([identity, b"stop"])
-    os.waitpid(pid, 0)
-    router.close(linger=0)
-    context.term()
-    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    return {"round_trip_p50_us": statistics.median(times) * 1e6, "cpu_us_one_side": cpu / calls * 1e6}
-
-
 def measure_one(name: str, calls: int) -> dict[str, float]:
     if name == "floor":
         return _floor_loop(calls, runtime_imports=False)
@@ -159,12 +104,6 @@ def measure_one(name: str, calls: int) -> dict[str, float]:
         return _fork_executor(calls, bare_child=False)
     if name == "fork-executor-bare-child":
         return _fork_executor(calls, bare_child=True)
-    if name == "socketpair-64k":
-        return _socketpair(calls * 10, 1 << 16)
-    if name == "socketpair-1m":
-        return _socketpair(calls * 10, 1 << 20)
-    if name == "zmq-tcp":
-        return _zmq_tcp(calls * 2)
     raise ValueError(f"unknown measurement {name!r}")
 
 
@@ -196,14 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {name:26s} {row['wall_us']:6.0f}us {row['parent_cpu_us']:9.0f}us "
               f"{row['child_cpu_us']:8.0f}us {row['parent_faults']:14.0f} {row['child_faults']:13.0f}")
-    print("transport, one small message there and back (median):")
-    for name in TRANSPORTS:
-        row = _in_fresh_interpreter(name, args.n)
-        if "error" in row:
-            print(f"  {name:26s} error: {row['error']}")
-            continue
-        extra = f", {row['cpu_us_one_side']:.0f} us CPU on one side" if "cpu_us_one_side" in row else ""
-        print(f"  {name:26s} {row['round_trip_p50_us']:6.0f} us{extra}")
     return 0
 
 
