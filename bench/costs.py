@@ -6,6 +6,11 @@
                  - the engine's own ForkExecutor (one slot), as a library runs it,
                  - the same ForkExecutor with the child's set-up (``_become_child``) skipped
 
+    fork alone   by what the forking process has imported (nothing, logging, setproctitle,
+                 cloudpickle, the protocol, the whole library runtime): the time ``fork()``
+                 takes in the parent, the whole fork + ``_exit`` + wait, and the process's
+                 memory mappings; page tables and at-fork hooks grow with the imports
+
 The round trips of the transports a call crosses are :mod:`bench.transport_floor`'s.
 
 Each measurement runs in a fresh interpreter (``python -m bench.costs --one NAME``) so that
@@ -22,6 +27,7 @@ import os
 import pickle
 import resource
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +38,8 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FORK_LOOPS = ("floor", "floor+runtime-imports", "fork-executor", "fork-executor-bare-child")
+FORK_IMPORTS = ("", "logging", "setproctitle", "cloudpickle", "serverless.protocol",
+                "serverless.worker.library_runtime")
 
 
 def _usage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
@@ -95,7 +103,33 @@ def _fork_executor(calls: int, bare_child: bool) -> dict[str, float]:
     return measured
 
 
+def _fork_alone(calls: int, modules: list[str]) -> dict[str, float]:
+    import importlib
+
+    for module in modules:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()
+    in_parent, whole = [], []
+    for i in range(calls + 50):  # the first 50 warm up
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forked = time.perf_counter()
+        os.waitpid(pid, 0)
+        if i >= 50:
+            in_parent.append(forked - started)
+            whole.append(time.perf_counter() - started)
+    with open("/proc/self/maps") as maps:
+        mappings = sum(1 for _ in maps)
+    return {"fork_in_parent_us": statistics.median(in_parent) * 1e6,
+            "fork_exit_wait_us": statistics.median(whole) * 1e6, "mappings": mappings}
+
+
 def measure_one(name: str, calls: int) -> dict[str, float]:
+    if name.startswith("fork:"):
+        return _fork_alone(calls, [m for m in name[5:].split(",") if m])
     if name == "floor":
         return _floor_loop(calls, runtime_imports=False)
     if name == "floor+runtime-imports":
@@ -135,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {name:26s} {row['wall_us']:6.0f}us {row['parent_cpu_us']:9.0f}us "
               f"{row['child_cpu_us']:8.0f}us {row['parent_faults']:14.0f} {row['child_faults']:13.0f}")
+    print(f"fork() alone, by what the process imported ({args.n} forks each, medians):")
+    print(f"  {'':34s} {'fork() in parent':>17s} {'fork+_exit+wait':>16s} {'mappings':>9s}")
+    for modules in FORK_IMPORTS:
+        row = _in_fresh_interpreter(f"fork:{modules}", args.n)
+        label = modules or "(nothing)"
+        if "error" in row:
+            print(f"  {label:34s} error: {row['error']}")
+            continue
+        print(f"  {label:34s} {row['fork_in_parent_us']:15.0f}us {row['fork_exit_wait_us']:14.0f}us "
+              f"{row['mappings']:9d}")
     return 0
 
 
