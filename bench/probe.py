@@ -4,7 +4,8 @@ One ``serverless.Manager()`` per measurement, a bare library with ``add``, then:
 
     direct, fork   N calls with ``Manager.call`` then ``result()`` on each, 3 times:
                    the median calls/s and the manager process's CPU per call (all its threads)
-    latd, latf     calls one in flight: p50 and p90 in microseconds
+    latd, latf     calls one in flight: p50 and p90 in microseconds (``--gap-ms``: a pause
+                   before each call, so that it finds an idle instance)
 
 It prints one JSON line. To compare two versions of the engine at the same moment (the only
 comparison that means anything on a shared machine), run it alternately against each, e.g.
@@ -42,9 +43,11 @@ def _throughput(manager: Any, n: int) -> dict[str, float]:
     return {"rate": statistics.median(rates), "mgr_cpu_us": statistics.median(cpu)}
 
 
-def _latency(manager: Any, n: int) -> dict[str, float]:
+def _latency(manager: Any, n: int, gap: float = 0.0) -> dict[str, float]:
     seconds = []
     for i in range(n):
+        if gap:
+            time.sleep(gap)  # the instance idles before each call, as between a user's requests
         started = time.perf_counter()
         if manager.call("lib", "add", i, 1).result() != i + 1:
             raise AssertionError("wrong result")
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=20000, help="direct-mode calls per run")
     parser.add_argument("--nf", type=int, default=2000, help="fork-mode calls per run")
     parser.add_argument("--imports", default="", help="comma-separated modules the library imports")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="latency: pause this long before each call (default 0: back to back)")
     args = parser.parse_args(argv)
     imports = [m for m in args.imports.split(",") if m]
     out: dict[str, Any] = {"src": serverless.__file__}
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             if what in ("direct", "fork"):
                 out[what] = _throughput(manager, args.n if what == "direct" else args.nf)
             else:
-                out[what] = _latency(manager, 1000 if what == "latd" else 200)
+                out[what] = _latency(manager, 1000 if what == "latd" else 200, args.gap_ms / 1000)
     print(json.dumps(out))
     return 0
 
