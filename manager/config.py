@@ -27,7 +27,9 @@ class ManagerConfig:
     max_start_failures, start_backoff: a library that fails to start this many times in a row
         is marked failed; between attempts wait start_backoff * 2**(n-1) seconds.
     max_message_bytes: the largest message accepted from a peer (zmq drops a connection
-        that sends more); a call whose result is larger fails with ResultTooLarge.
+        that sends more); a call whose result is larger fails with ResultTooLarge, one whose
+        arguments are larger is refused by ``call()`` (ArgumentsTooLarge). Calls to a worker
+        go in batches under the worker's own limit (``--max-message-bytes``).
     secret: authenticates workers and encrypts traffic (CURVE keys derived from it): the
         secret itself (str or bytes, 16+ characters), True to generate one, or None. Required
         to listen on anything but loopback. Workers read it from ``Manager.secret_file``.

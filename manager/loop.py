@@ -31,6 +31,7 @@ import zmq
 
 from serverless.errors import (
     ArgumentNotSerializable,
+    ArgumentsTooLarge,
     CallCancelled,
     CallCrashed,
     CallOutOfMemory,
@@ -64,7 +65,10 @@ from serverless.protocol import (
     decode,
     decode_batch,
     encode,
+    call_budget,
     encode_batch,
+    fit_calls,
+    safe_dumps,
     safe_loads,
 )
 from serverless.serialization import decode_exception, loads_result
@@ -102,6 +106,7 @@ class WorkerInfo:
     memory_mb: int
     last_heard: float
     last_sent: float
+    max_message_bytes: int  # the largest message it accepts (its Register)
 
 
 class ManagerLoop:
@@ -310,10 +315,13 @@ class ManagerLoop:
         if msg.cores <= 0 or msg.memory_mb < 0:
             self._send(identity, Reject("a worker needs cores > 0 and memory >= 0"))
             return
+        if msg.max_message_bytes < 65536:
+            self._send(identity, Reject("a worker must accept messages of 64 KiB at least"))
+            return
         now = time.monotonic()
         worker_id = identity.decode(errors="replace")
         self._workers[identity] = WorkerInfo(worker_id, msg.hostname, msg.pid, msg.cores,
-                                             msg.memory_mb, now, now)
+                                             msg.memory_mb, now, now, msg.max_message_bytes)
         self._send(identity, Welcome(worker_id, self.config.heartbeat_interval,
                                      self.config.heartbeat_timeout, self.config.max_message_bytes))
         log.info("worker %s joined (%s, %.1f cores, %d MB)", worker_id, msg.hostname,
@@ -357,7 +365,7 @@ class ManagerLoop:
             if isinstance(action, SendCalls):
                 # CallRecord.entry(), inline: this runs once per call
                 entries = [(c.call_id, c.function, c.args, c.timeout) for c in action.calls]
-                self._send_to(action.worker_id, Calls(action.instance_id, len(entries), encode_batch(entries)))
+                self._send_calls(action.worker_id, action.instance_id, entries)
             elif isinstance(action, CallsFinished):
                 for call, status, payload, _duration in action.results:
                     _settle(call, status, payload)
@@ -366,11 +374,38 @@ class ManagerLoop:
                 for call in action.calls:
                     call.future._settle(error=copy.copy(error))
             elif isinstance(action, DeployInstance):
-                self._send_to(action.worker_id, self._deploy_message(action))
+                self._deploy(action)
             elif isinstance(action, StopInstanceAction):
                 self._send_to(action.worker_id, StopInstance(action.instance_id))
             elif isinstance(action, CancelCalls):
                 self._send_to(action.worker_id, Cancel(action.instance_id, action.call_ids))
+
+    def _deploy(self, action: DeployInstance) -> None:
+        message = self._deploy_message(action)
+        size, limit = len(message.payload), self._accepts(action.worker_id)
+        if size > call_budget(limit):  # the library; the rest of the message is small
+            reason = (f"library {message.library!r} pickles to {size:,} bytes, over the limit of "
+                      f"{limit:,} of worker {action.worker_id} (its --max-message-bytes)")
+            log.warning("cannot deploy: %s", reason)
+            self._perform(self.scheduler.instance_failed(action.instance_id, reason, "", True))
+            return
+        self._send_to(action.worker_id, message)
+
+    def _send_calls(self, worker_id: str, instance_id: int, entries: list[tuple]) -> None:
+        """Send calls in batches that fit the worker; fail those too large to go alone."""
+        limit = self._accepts(worker_id)
+        batches, too_large = fit_calls(entries, limit)
+        for batch in batches:
+            self._send_to(worker_id, Calls(instance_id, len(batch), encode_batch(batch)))
+        if too_large:
+            status = int(CallStatus.ARGUMENTS_TOO_LARGE)
+            self._perform(self.scheduler.results(instance_id, [
+                (call_id, status, safe_dumps((size, limit)), 0.0) for call_id, size in too_large]))
+
+    def _accepts(self, worker_id: str) -> int:
+        """The largest message worker ``worker_id`` accepts."""
+        worker = self._workers.get(worker_id.encode())
+        return worker.max_message_bytes if worker is not None else self.config.max_message_bytes
 
     def _deploy_message(self, action: DeployInstance) -> Deploy:
         record = self.scheduler.libraries[action.library]
@@ -479,6 +514,11 @@ def _error_for(call: CallRecord, status: int, payload: bytes) -> BaseException:
             return ResultTooLarge(f"{name} returned {size:,} bytes, over the manager's limit of "
                                   f"{limit:,} (max_message_bytes): return less, or raise the limit",
                                   size, limit)
+        if status == CallStatus.ARGUMENTS_TOO_LARGE:
+            size, limit = safe_loads(payload)
+            return ArgumentsTooLarge(f"{name}: the pickled arguments are {size:,} bytes, over the "
+                                     f"limit of {limit:,} of the worker chosen to run it "
+                                     "(its --max-message-bytes)", size, limit)
         if status == CallStatus.UNKNOWN_FUNCTION:
             return UnknownFunction(f"library {call.library!r} has no function {call.function!r}")
     except (ProtocolError, ValueError, TypeError) as exc:

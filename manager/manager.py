@@ -21,8 +21,15 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from serverless.errors import ManagerClosed, UnknownFunction, UnknownLibrary
+from serverless.errors import (
+    ArgumentsTooLarge,
+    ManagerClosed,
+    SerializationError,
+    UnknownFunction,
+    UnknownLibrary,
+)
 from serverless.library import Library
+from serverless.protocol import call_budget, call_size
 from serverless.security import ManagerSecret
 from serverless.serialization import dumps_args
 
@@ -60,6 +67,8 @@ class Manager:
         self.config = ManagerConfig(host=host, port=port, local_workers=local_workers, **options)
         self._libraries: dict[str, Library] = {}
         self._call_ids = itertools.count(1)
+        # arguments up to this size fit any call's entry: longer ones are measured exactly
+        self._argument_room = call_budget(self.config.max_message_bytes) - 65536
         self._lock = threading.Lock()
         self._closed = False
         self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
@@ -120,6 +129,11 @@ class Manager:
             raise TypeError(f"install() takes a serverless.Library, not {type(library).__name__}")
         self._check_open()
         blob = library.serialize()
+        if len(blob) > call_budget(self.config.max_message_bytes):
+            raise SerializationError(
+                f"library {library.name!r} pickles to {len(blob):,} bytes, over the manager's "
+                f"limit of {self.config.max_message_bytes:,} (max_message_bytes): a worker could "
+                "not receive it; load large data in setup() instead, or raise the limit")
         with self._lock:
             self._libraries[library.name] = library
         self._loop.command("install", (library.name, library, blob))
@@ -179,6 +193,14 @@ class Manager:
             blob = _pickle_dumps((args, kwargs), 5)
         except Exception:
             blob = dumps_args(args, kwargs)
+        if len(blob) > self._argument_room:  # else one comparison: a call's own size, exactly
+            size = call_size(function, blob)
+            if size > call_budget(self.config.max_message_bytes):
+                raise ArgumentsTooLarge(
+                    f"{library}.{function}: the pickled arguments are {len(blob):,} bytes, over "
+                    f"the manager's limit of {self.config.max_message_bytes:,} "
+                    "(max_message_bytes): pass less, or raise the limit", len(blob),
+                    self.config.max_message_bytes)
         call_id = next(self._call_ids)
         future = CallFuture(call_id, library, function, self._on_cancel)
         record = CallRecord(call_id, library, function, blob,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .context import current_instance, state
 from .errors import (
     ArgumentNotSerializable,
+    ArgumentsTooLarge,
     CallCancelled,
     CallCrashed,
     CallOutOfMemory,
@@ -62,6 +63,7 @@ __all__ = [
     "UnknownFunction",
     "SerializationError",
     "ArgumentNotSerializable",
+    "ArgumentsTooLarge",
     "ResultNotSerializable",
     "ResultTooLarge",
     "FunctionError",

@@ -17,6 +17,7 @@ __all__ = [
     "UnknownFunction",
     "SerializationError",
     "ArgumentNotSerializable",
+    "ArgumentsTooLarge",
     "ResultNotSerializable",
     "ResultTooLarge",
     "FunctionError",
@@ -53,6 +54,24 @@ class SerializationError(ServerlessError):
 
 class ArgumentNotSerializable(SerializationError, TypeError):
     """A call's arguments cannot be pickled (raised by ``call()``; nothing is queued)."""
+
+
+class ArgumentsTooLarge(ArgumentNotSerializable):
+    """A call's pickled arguments are over the largest message allowed on its way.
+
+    ``call()`` raises it when they are over the manager's ``max_message_bytes``; the call's
+    future raises it when they fit the manager's limit but not the smaller one of the worker
+    chosen to run it (``serverless-worker --max-message-bytes``). Nothing else fails.
+    ``size`` and ``limit`` are in bytes.
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):
+        return (ArgumentsTooLarge, (str(self), self.size, self.limit))
 
 
 class ResultNotSerializable(SerializationError):

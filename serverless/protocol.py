@@ -29,9 +29,11 @@ another exception, never runs code): a frame that is not a plain-value pickle, a
 tag, a wrong field count or type, a negative count or id, a float that is not finite, a
 ``Cancel`` with ids that are not ints, a ``Deploy`` whose options are not plain strings.
 The size of messages over zmq is bounded by the sockets (``max_message_bytes``, zmq's
-MAXMSGSIZE, which drops a connection that sends more); :func:`fit_results` keeps a
-worker's result batches under the manager's bound, failing only the calls whose own
-result is too large (status ``RESULT_TOO_LARGE``).
+MAXMSGSIZE, which drops a connection that sends more). Each side tells the other its bound
+(``Register``, ``Welcome``) and keeps under it: :func:`fit_calls` splits the manager's call
+batches, leaving out the calls whose own arguments are too large (they fail with status
+``ARGUMENTS_TOO_LARGE``); :func:`fit_results` splits a worker's result batches, failing
+only the calls whose own result is too large (status ``RESULT_TOO_LARGE``).
 
 Call batch entries are tuples ``(call_id, function, args, timeout)`` where ``args`` is the
 pickled ``(args, kwargs)`` and ``timeout`` is seconds or ``None``. Result batch entries are
@@ -81,11 +83,15 @@ __all__ = [
     "decode_batch",
     "safe_loads",
     "fit_results",
+    "fit_calls",
+    "call_size",
+    "call_budget",
     "pack_stream",
     "StreamDecoder",
 ]
 
-PROTOCOL_VERSION = 2  # 2: Welcome carries max_message_bytes; RESULT_TOO_LARGE
+PROTOCOL_VERSION = 3  # 2: Welcome carries max_message_bytes; RESULT_TOO_LARGE
+# 3: Register carries the worker's max_message_bytes; ARGUMENTS_TOO_LARGE
 MAX_MESSAGE_BYTES = 1 << 31  # the default ceiling on one message; configurable per peer
 _PICKLE = 5
 
@@ -103,6 +109,8 @@ class CallStatus(enum.IntEnum):
     BAD_ARGUMENTS = 7  # payload: utf-8 traceback of the failed unpickling
     UNKNOWN_FUNCTION = 8  # payload: utf-8 name
     RESULT_TOO_LARGE = 9  # payload: safe pickle of (result_bytes, limit_bytes)
+    ARGUMENTS_TOO_LARGE = 10  # payload: safe pickle of (argument_bytes, limit_bytes); the
+    #                          manager's own verdict on a call it could not send, never on the wire
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -200,6 +208,7 @@ class Register(Message):
     cores: float
     memory_mb: int
     python: str
+    max_message_bytes: int  # the largest message the worker accepts: keep call batches under it
 
 
 @message("welcome")
@@ -411,6 +420,42 @@ def decode_batch(payload: bytes | memoryview) -> list[tuple]:
 
 _ENVELOPE_ROOM = 4096  # bytes kept free for the envelope, pickle and CURVE framing
 _ENTRY_ROOM = 64  # pickle framing of one result entry
+
+
+def call_size(function: str, args: bytes) -> int:
+    """The room one call takes in a Calls batch (its arguments, name and pickle framing)."""
+    return len(args) + len(function) + _ENTRY_ROOM
+
+
+def call_budget(max_bytes: int) -> int:
+    """The room for calls in one message of at most ``max_bytes``."""
+    return max_bytes - _ENVELOPE_ROOM
+
+
+def fit_calls(entries: list[tuple], max_bytes: int) -> tuple[list[list[tuple]], list[tuple[int, int]]]:
+    """Call entries packed into batches that each fit a message of ``max_bytes``.
+
+    Returns the batches and, apart, ``(call_id, size)`` of each call that cannot fit even
+    alone (it must fail with ``ARGUMENTS_TOO_LARGE``). The fast path, all in one batch,
+    costs one pass over the entries' sizes.
+    """
+    budget = call_budget(max_bytes)
+    sizes = [len(entry[2]) + len(entry[1]) + _ENTRY_ROOM for entry in entries]
+    if sum(sizes) <= budget:
+        return [entries], []
+    batches: list[list[tuple]] = [[]]
+    too_large: list[tuple[int, int]] = []
+    used = 0
+    for entry, size in zip(entries, sizes):
+        if size > budget:
+            too_large.append((entry[0], len(entry[2])))
+            continue
+        if used + size > budget and batches[-1]:
+            batches.append([])
+            used = 0
+        batches[-1].append(entry)
+        used += size
+    return [batch for batch in batches if batch], too_large
 
 
 def fit_results(msg: Results, frames: list, max_bytes: int) -> list[list]:

@@ -34,6 +34,10 @@ def blob(size):
     return b"x" * size
 
 
+def length(data):
+    return len(data)
+
+
 def whoami():
     return os.getpid()
 
@@ -160,3 +164,58 @@ def test_a_result_over_the_limit_fails_only_its_call(tmp_path, mode):
         if mode == "direct":  # the same process served every call
             assert m.call("big", "whoami").result(timeout=60) == instance_pid
         assert [w.pid for w in m.workers()] == [worker_pid]
+
+
+def test_arguments_over_the_managers_limit_are_refused_by_call(tmp_path):
+    with serverless.Manager(local_cores=2, max_message_bytes=LIMIT, log_dir=tmp_path, **FAST) as m:
+        m.install(serverless.Library("args", [length]))
+        with pytest.raises(serverless.ArgumentsTooLarge, match="max_message_bytes") as info:
+            m.call("args", "length", b"x" * (2 * LIMIT))
+        assert isinstance(info.value, serverless.ArgumentNotSerializable)
+        assert info.value.size > 2 * LIMIT and info.value.limit == LIMIT
+        # under the limit alone but not together: the calls travel in several batches
+        assert list(m.map("args", "length", [b"y" * (LIMIT // 3)] * 6)) == [LIMIT // 3] * 6
+
+
+def test_a_library_over_the_managers_limit_is_refused_by_install(tmp_path):
+    weights = b"w" * (2 * LIMIT)
+
+    def predict(x):
+        return len(weights) + x
+
+    with serverless.Manager(local_workers=0, max_message_bytes=LIMIT, log_dir=tmp_path) as m:
+        with pytest.raises(serverless.SerializationError, match="setup"):
+            m.install(serverless.Library("heavy", [predict]))
+        assert m.libraries() == []
+
+
+def test_a_worker_with_a_smaller_limit_fails_only_the_calls_it_cannot_take(tmp_path):
+    from conftest import start_worker
+
+    worker_limit = 200_000
+    weights = b"w" * 300_000
+
+    def predict(x):
+        return len(weights) + x
+
+    with serverless.Manager(local_workers=0, log_dir=tmp_path, **FAST) as m:
+        m.install(serverless.Library("args", [length, whoami]))
+        m.install(serverless.Library("heavy", [predict]))
+        small = [m.call("args", "length", b"s" * 30_000) for _ in range(20)]  # 600 kB in all
+        big = m.call("args", "length", b"b" * 300_000)
+        worker = start_worker(m.address, "--cores", "1", "--memory", "512", "--workdir",
+                              str(tmp_path / "worker"), "--max-message-bytes", str(worker_limit))
+        try:
+            assert [f.result(timeout=60) for f in small] == [30_000] * 20
+            with pytest.raises(serverless.ArgumentsTooLarge, match="max-message-bytes") as info:
+                big.result(timeout=60)
+            assert info.value.size >= 300_000 and info.value.limit == worker_limit
+            # a library too large for that worker fails to deploy there, with the reason
+            with pytest.raises(serverless.LibraryFailed, match="max-message-bytes"):
+                m.call("heavy", "predict", 1).result(timeout=60)
+            [info] = m.workers()  # still connected, still serving
+            assert info.pid == worker.pid
+            assert m.call("args", "length", b"after").result(timeout=60) == 5
+        finally:
+            m.shutdown()
+            assert worker.wait(timeout=30) == 0

@@ -56,7 +56,7 @@ def test_every_message_round_trips(tag):
 
 
 def test_register_carries_the_protocol_version():
-    frames = encode(Register(PROTOCOL_VERSION, "w", "host", 1, 2.0, 1024, "3.11"))
+    frames = encode(Register(PROTOCOL_VERSION, "w", "host", 1, 2.0, 1024, "3.11", 1 << 31))
     assert decode(frames).version == PROTOCOL_VERSION
 
 

@@ -41,6 +41,7 @@ from serverless.protocol import (
     decode_batch,
     encode,
     encode_batch,
+    fit_calls,
     fit_results,
     pack_stream,
     safe_loads,
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.timeout(300)
 FUZZ = settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
 VALID = [
-    Register(PROTOCOL_VERSION, "w", "host", 12, 2.0, 1024, "/usr/bin/python3"),
+    Register(PROTOCOL_VERSION, "w", "host", 12, 2.0, 1024, "/usr/bin/python3", 1 << 31),
     Welcome("w.abc", 1.0, 15.0, 1 << 20),
     Reject("no"),
     Heartbeat(),
@@ -256,7 +257,8 @@ def test_deploy_options_must_be_plain_strings():
 
 @pytest.mark.parametrize("fields", [
     (PROTOCOL_VERSION + 1, "w", "h", 1, 1.0),
-    (1, "w", "h", 1, 1.0, 1, "py", "new field"),
+    (2, "w", "h", 1, 1.0, 1, "py"),  # the layout before max_message_bytes joined
+    (1, "w", "h", 1, 1.0, 1, "py", 1 << 31, "new field"),
     (99, "a", "layout", "we", "do", "not", "know", 1, 2, 3),
 ])
 def test_another_versions_register_raises_protocol_version_error(fields):
@@ -264,11 +266,23 @@ def test_another_versions_register_raises_protocol_version_error(fields):
     with pytest.raises(ProtocolVersionError, match="protocol version") as info:
         decode([pickle.dumps(("register", *fields), 5)])
     assert info.value.version == fields[0]
-    same_layout = decode([pickle.dumps(("register", fields[0], "w", "h", 1, 1.0, 1, "py"), 5)])
+    same_layout = decode([pickle.dumps(("register", fields[0], "w", "h", 1, 1.0, 1, "py", 1 << 31), 5)])
     assert same_layout.version == fields[0]
 
 
 # --- result batches under the size limit ------------------------------------------
+
+
+def test_fit_calls_packs_batches_under_the_limit_and_sets_apart_calls_too_large_alone():
+    entries = [(i, "f", b"a" * 30_000, None) for i in range(1, 11)] + [(11, "f", b"b" * 200_000, 1.0)]
+    assert fit_calls(entries[:3], 1 << 20) == ([entries[:3]], [])  # the fast path: one batch
+    batches, too_large = fit_calls(entries, 100_000)
+    assert too_large == [(11, 200_000)]
+    assert [e for batch in batches for e in batch] == entries[:10]  # the rest, in order
+    assert len(batches) > 1
+    for batch in batches:
+        frames = encode(Calls(3, len(batch), encode_batch(batch)))
+        assert sum(len(frame) for frame in frames) <= 100_000
 
 
 def test_fit_results_leaves_small_batches_alone():

@@ -192,7 +192,7 @@ def test_a_worker_with_the_wrong_secret_is_never_registered(tmp_path):
             output, _ = worker.communicate(timeout=60)
             assert worker.returncode == 4 and fragment in output, output
         # below the CLI's check: a raw client speaking the protocol with wrong keys
-        register = encode(Register(PROTOCOL_VERSION, "intruder", "h", 1, 4.0, 1024, "py"))
+        register = encode(Register(PROTOCOL_VERSION, "intruder", "h", 1, 4.0, 1024, "py", 1 << 31))
         assert intruder_sends(m.address, derive_keys(WRONG), [register]) & _FAILED
         assert intruder_sends(m.address, None, [register]) & _FAILED
         event = intruder_sends(m.address, random_client_keys(derive_keys(SECRET)), [register])
@@ -215,7 +215,7 @@ def test_a_client_without_the_key_cannot_inject_results(tmp_path):
         future = m.call("slow", "read_fifo", str(fifo))
         logs.wait_for("joined")
         worker_identity = m.workers()[0].worker_id.encode()  # to impersonate
-        register = encode(Register(PROTOCOL_VERSION, "intruder", "h", 1, 4.0, 1024, "py"))
+        register = encode(Register(PROTOCOL_VERSION, "intruder", "h", 1, 4.0, 1024, "py", 1 << 31))
         forged = [register] + [encode(Results(instance, 1, encode_batch(
             [(future.call_id, 0, pickle.dumps("forged"), 0.0)]))) for instance in range(5)]
         for keys in (None, derive_keys(WRONG), random_client_keys(derive_keys(SECRET))):

@@ -123,6 +123,7 @@ class WorkerAgent:
             self._send(Register(
                 PROTOCOL_VERSION, self.identity, socket.gethostname(), os.getpid(),
                 float(self.config.cores), int(self.config.memory_mb), sys.executable,
+                int(self.config.max_message_bytes),
             ))
             while self._exit_code is None:
                 self._turn()
