@@ -120,13 +120,19 @@ def pipe_round_trip(n: int) -> dict[str, float]:
         os.waitpid(pid, 0)
 
 
-def socketpair_round_trip(n: int) -> dict[str, float]:
+def _socketpair_echo() -> tuple[socket.socket, int]:
+    """A socket whose other end a forked child echoes, and that child's pid."""
     mine, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
         mine.close()
         _echo_child(theirs.fileno(), theirs.fileno())
     theirs.close()
+    return mine, pid
+
+
+def socketpair_round_trip(n: int) -> dict[str, float]:
+    mine, pid = _socketpair_echo()
 
     def trip() -> None:
         mine.sendall(MESSAGE)
@@ -186,12 +192,7 @@ def _peer(endpoint: str, relay: bool) -> None:
     dealer.connect(endpoint)
     library = child = None
     if relay:
-        library, theirs = socket.socketpair()
-        child = os.fork()
-        if child == 0:
-            library.close()
-            _echo_child(theirs.fileno(), theirs.fileno())
-        theirs.close()
+        library, child = _socketpair_echo()
     dealer.send(b"hello")
     poller = zmq.Poller()
     poller.register(dealer, zmq.POLLIN)

@@ -56,7 +56,19 @@ class ArgumentNotSerializable(SerializationError, TypeError):
     """A call's arguments cannot be pickled (raised by ``call()``; nothing is queued)."""
 
 
-class ArgumentsTooLarge(ArgumentNotSerializable):
+class _OverLimit(Exception):
+    """An error about something ``size`` bytes long against a ``limit`` (both kept when pickled)."""
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.size, self.limit))
+
+
+class ArgumentsTooLarge(_OverLimit, ArgumentNotSerializable):
     """A call's pickled arguments are over the largest message allowed on its way.
 
     ``call()`` raises it when they are over the manager's ``max_message_bytes``; the call's
@@ -65,33 +77,17 @@ class ArgumentsTooLarge(ArgumentNotSerializable):
     ``size`` and ``limit`` are in bytes.
     """
 
-    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
-        super().__init__(message)
-        self.size = size
-        self.limit = limit
-
-    def __reduce__(self):
-        return (ArgumentsTooLarge, (str(self), self.size, self.limit))
-
 
 class ResultNotSerializable(SerializationError):
     """The function ran but its return value could not be pickled or unpickled."""
 
 
-class ResultTooLarge(ResultNotSerializable):
+class ResultTooLarge(_OverLimit, ResultNotSerializable):
     """The function ran but its pickled result is over the manager's ``max_message_bytes``.
 
     The call fails; the worker and the library instance keep serving. ``size`` and ``limit``
     are in bytes.
     """
-
-    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
-        super().__init__(message)
-        self.size = size
-        self.limit = limit
-
-    def __reduce__(self):
-        return (ResultTooLarge, (str(self), self.size, self.limit))
 
 
 class RemoteTraceback(Exception):
