@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import socket
 import typing
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from serverless import protocol
 from serverless.errors import ProtocolError
 from serverless.protocol import (
+    BIG_FRAME,
     MESSAGES,
     PROTOCOL_VERSION,
     Calls,
@@ -120,6 +122,50 @@ def test_stream_framing_survives_any_split(chunk):
     out = [frames for piece in _chunks(stream, chunk) for frames in decoder.feed(piece)]
     assert [type(decode(frames)) for frames in out] == [Heartbeat, Results, Heartbeat]
     assert bytes(decode(out[1]).payload) == b"x" * 5000
+
+
+def _big_stream() -> tuple[bytes, bytes]:
+    big = os.urandom(3 * BIG_FRAME + 123)
+    messages = [encode(Heartbeat()), encode(Calls(4, 1, big)), encode(Results(1, 2, b"r" * 70)),
+                encode(Calls(5, 1, big[:BIG_FRAME])), encode(Heartbeat())]
+    return b"".join(bytes(part) for m in messages for part in pack_stream(m)), big
+
+
+@pytest.mark.parametrize("chunk", [1000, 65536, 1 << 22])
+def test_big_frames_are_filled_in_place_whatever_the_split(chunk):
+    stream, big = _big_stream()
+    decoder = StreamDecoder()
+    out = [frames for piece in _chunks(stream, chunk) for frames in decoder.feed(piece)]
+    assert [type(decode(frames)) for frames in out] == [Heartbeat, Calls, Results, Calls, Heartbeat]
+    assert out[1][1] == big
+    if chunk < BIG_FRAME:  # arriving in pieces, it was read into a buffer of its own
+        assert isinstance(out[1][1], bytearray)
+    assert out[3][1] == big[:BIG_FRAME]
+    assert bytes(decode(out[2]).payload) == b"r" * 70
+
+
+def test_receive_reads_big_frames_from_a_socket_straight_into_their_buffer():
+    stream, big = _big_stream()
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        writer.setblocking(False)
+        reader.setblocking(False)
+        decoder, out, sent = StreamDecoder(), [], 0
+        while len(out) < 5:
+            if sent < len(stream):
+                try:
+                    sent += writer.send(stream[sent:sent + (1 << 20)])
+                except BlockingIOError:
+                    pass
+            try:
+                messages = decoder.receive(reader)
+            except BlockingIOError:
+                continue
+            assert messages is not None
+            out += messages
+        assert out[1][1] == big and out[3][1] == big[:BIG_FRAME]
+        writer.close()
+        assert decoder.receive(reader) is None  # EOF
 
 
 def test_stream_decoder_refuses_frames_over_its_limit():

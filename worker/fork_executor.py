@@ -54,6 +54,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from serverless.protocol import STREAM_READ_SIZE as _READ_SIZE
 from serverless.protocol import CallStatus, safe_dumps
 
 from .call_runner import run_call
@@ -63,7 +64,6 @@ from .processes import parent_death_signal
 __all__ = ["ForkExecutor", "REAP_INTERVAL", "SPARE_MAX_ARGS", "cheap_threading_fork_hook"]
 
 _LENGTH = struct.Struct("!Q")
-_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 _READABLE = 0x001  # select.EPOLLIN == select.POLLIN
 _CRASHED = int(CallStatus.CRASHED)
 _TIMEOUT = int(CallStatus.TIMEOUT)

@@ -22,7 +22,6 @@ from .processes import library_environment
 
 __all__ = ["LibraryHandle"]
 
-_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 
 
 class LibraryHandle:
@@ -97,17 +96,14 @@ class LibraryHandle:
         except OSError:
             outbox.clear()  # the process is gone; its EOF will be seen by the loop
 
-    def read(self) -> list[list[bytes]] | None:
+    def read(self) -> list[list[bytes | bytearray]] | None:
         """Messages that arrived, or None at EOF (the process closed its end or died)."""
         try:
-            data = self.sock.recv(_READ_SIZE)
+            return self.decoder.receive(self.sock)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:
-            data = b""
-        if not data:
             return None
-        return list(self.decoder.feed(data))
 
     def exit_code(self, wait: float = 2.0) -> int:
         """The process's exit code once it ends (killed after ``wait`` seconds)."""

@@ -68,7 +68,6 @@ from .processes import die_with_parent, set_title
 __all__ = ["main", "LibraryRuntime"]
 
 EXIT_OK, EXIT_USAGE, EXIT_START_FAILED = 0, 2, 3
-_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 RESULT_HOLD_SECONDS = 0.025
 RESULT_HOLD_COUNT = 256
 RESULT_HOLD_QUEUE = 2  # queued calls per slot below which results are not held
@@ -128,10 +127,10 @@ class LibraryRuntime:
 
     def _receive_deploy(self) -> Deploy:
         while True:
-            data = self._sock.recv(_READ_SIZE)
-            if not data:
+            messages = self._decoder.receive(self._sock)
+            if messages is None:
                 raise _Stop()
-            for frames in self._decoder.feed(data):
+            for frames in messages:
                 msg = decode(frames)
                 if not isinstance(msg, Deploy):
                     raise ProtocolError(f"expected deploy first, got {msg.TAG}")
@@ -203,13 +202,13 @@ class LibraryRuntime:
 
     def _read_agent(self) -> None:
         try:
-            data = self._sock.recv(_READ_SIZE)
+            messages = self._decoder.receive(self._sock)
         except ConnectionError:
-            data = b""
-        if not data:
+            messages = None
+        if messages is None:
             raise _Stop()
         assert self._executor is not None
-        for frames in self._decoder.feed(data):
+        for frames in messages:
             msg = decode(frames)
             if isinstance(msg, Calls):
                 self._executor.submit(decode_batch(msg.payload))
