@@ -47,7 +47,6 @@ from serverless.errors import (
 from serverless.protocol import (
     PROTOCOL_VERSION,
     CallStatus,
-    Calls,
     Cancel,
     Deploy,
     Goodbye,
@@ -66,7 +65,7 @@ from serverless.protocol import (
     decode_batch,
     encode,
     call_budget,
-    encode_batch,
+    calls_message,
     fit_calls,
     safe_dumps,
     safe_loads,
@@ -396,7 +395,7 @@ class ManagerLoop:
         limit = self._accepts(worker_id)
         batches, too_large = fit_calls(entries, limit)
         for batch in batches:
-            self._send_to(worker_id, Calls(instance_id, len(batch), encode_batch(batch)))
+            self._send_to(worker_id, calls_message(instance_id, batch))
         if too_large:
             status = int(CallStatus.ARGUMENTS_TOO_LARGE)
             self._perform(self.scheduler.results(instance_id, [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from pickle import dumps as _pickle_dumps
 import logging
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from serverless.errors import (
     UnknownLibrary,
 )
 from serverless.library import Library
-from serverless.protocol import call_budget, call_size
+from serverless.protocol import arguments_size, call_budget, call_size
 from serverless.security import ManagerSecret
 from serverless.serialization import dumps_args
 
@@ -189,17 +188,14 @@ class Manager:
             raise ValueError("timeout must be positive seconds")
         if type(args) is not tuple:
             args = tuple(args)
-        try:  # the common case, inline; dumps_args adds the cloudpickle fallback and errors
-            blob = _pickle_dumps((args, kwargs), 5)
-        except Exception:
-            blob = dumps_args(args, kwargs)
-        if len(blob) > self._argument_room:  # else one comparison: a call's own size, exactly
+        blob = dumps_args(args, kwargs)
+        if type(blob) is not bytes or len(blob) > self._argument_room:  # else: it fits
             size = call_size(function, blob)
             if size > call_budget(self.config.max_message_bytes):
                 raise ArgumentsTooLarge(
-                    f"{library}.{function}: the pickled arguments are {len(blob):,} bytes, over "
-                    f"the manager's limit of {self.config.max_message_bytes:,} "
-                    "(max_message_bytes): pass less, or raise the limit", len(blob),
+                    f"{library}.{function}: the pickled arguments are {arguments_size(blob):,} "
+                    f"bytes, over the manager's limit of {self.config.max_message_bytes:,} "
+                    "(max_message_bytes): pass less, or raise the limit", arguments_size(blob),
                     self.config.max_message_bytes)
         call_id = next(self._call_ids)
         future = CallFuture(call_id, library, function, self._on_cancel)

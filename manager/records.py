@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serverless.serialization import Arguments
 
 __all__ = [
     "CallRecord",
@@ -37,7 +40,7 @@ class CallRecord:
     __slots__ = ("call_id", "library", "function", "args", "timeout", "future",
                  "attempts", "instance_id", "cancelled")
 
-    def __init__(self, call_id: int, library: str, function: str, args: bytes,
+    def __init__(self, call_id: int, library: str, function: str, args: Arguments,
                  timeout: float | None, future: Any) -> None:
         self.call_id = call_id
         self.library = library

@@ -89,6 +89,12 @@ __all__ = [
     "fit_calls",
     "call_size",
     "call_budget",
+    "calls_message",
+    "calls_entries",
+    "arguments_size",
+    "Arguments",
+    "MAX_CALL_BUFFERS",
+    "MAX_BATCH_BUFFERS",
     "pack_stream",
     "StreamDecoder",
     "STREAM_READ_SIZE",
@@ -150,6 +156,7 @@ class Message:
 
     TAG: ClassVar[str] = ""
     HAS_PAYLOAD: ClassVar[bool] = False
+    HAS_BUFFERS: ClassVar[bool] = False  # frames after the payload (Calls)
     _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]] = ()
 
     def _validate(self) -> None:
@@ -192,8 +199,10 @@ def message(tag: str) -> typing.Callable[[type], type]:
             raise ValueError(f"duplicate message tag {tag!r}")
         cls.TAG = tag
         hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "payload"]
-        cls.HAS_PAYLOAD = "payload" in {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("payload", "buffers")]
+        cls.HAS_PAYLOAD = "payload" in fields
+        cls.HAS_BUFFERS = "buffers" in fields
         cls._CHECKS = tuple((name, _field_check(hints[name])) for name in names)
         MESSAGES[tag] = cls
         return cls
@@ -308,11 +317,16 @@ class InstanceStopped(Message):
 @message("calls")
 @dataclass(frozen=True, slots=True)
 class Calls(Message):
-    """manager -> worker -> library: a batch of calls for one instance."""
+    """manager -> worker -> library: a batch of calls for one instance.
+
+    ``buffers`` are the calls' out-of-band argument buffers, one frame each after the
+    payload, in the order of the entries that name them (see :func:`calls_message`).
+    """
 
     instance_id: int
     count: int
     payload: bytes = b""
+    buffers: tuple = ()
 
 
 @message("results")
@@ -364,6 +378,8 @@ def encode(msg: Message) -> list[bytes]:
     frames = [pickle.dumps(envelope, _PICKLE)]
     if cls.HAS_PAYLOAD:
         frames.append(msg.payload)  # type: ignore[attr-defined]
+    if cls.HAS_BUFFERS:
+        frames.extend(msg.buffers)  # type: ignore[attr-defined]
     return frames
 
 
@@ -387,9 +403,11 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
                 "serverless version on the manager and the workers", values[0]) from None
         raise
     expected_frames = 2 if cls.HAS_PAYLOAD else 1
-    if len(frames) != expected_frames:
+    if len(frames) != expected_frames and not (cls.HAS_BUFFERS and len(frames) > expected_frames):
         raise ProtocolError(f"{cls.TAG}: expected {expected_frames} frames, got {len(frames)}")
-    if cls.HAS_PAYLOAD:
+    if cls.HAS_BUFFERS:
+        msg = cls(*values, payload=frames[1], buffers=tuple(frames[2:]))  # type: ignore[call-arg]
+    elif cls.HAS_PAYLOAD:
         msg = cls(*values, payload=frames[1])  # type: ignore[call-arg]
     else:
         msg = cls(*values)
@@ -427,9 +445,62 @@ _ENVELOPE_ROOM = 4096  # bytes kept free for the envelope, pickle and CURVE fram
 _ENTRY_ROOM = 64  # pickle framing of one result entry
 
 
-def call_size(function: str, args: bytes) -> int:
-    """The room one call takes in a Calls batch (its arguments, name and pickle framing)."""
-    return len(args) + len(function) + _ENTRY_ROOM
+# A call's arguments: their pickle, or (pickle, buffers) when large buffers travel out of
+# band, each as a frame of its own (serverless.serialization.dumps_args).
+Arguments = typing.Union[bytes, tuple[bytes, tuple[typing.Union[bytes, bytearray], ...]]]
+MAX_CALL_BUFFERS = 256  # out-of-band buffers of one call (more: all in band)
+MAX_BATCH_BUFFERS = 1024  # out-of-band buffers of one Calls message
+
+
+def arguments_size(args: Arguments) -> int:
+    """Bytes a call's arguments take on the wire."""
+    if type(args) is tuple:
+        return len(args[0]) + sum(len(buffer) for buffer in args[1])
+    return len(args)
+
+
+def call_size(function: str, args: Arguments) -> int:
+    """The room one call takes in a Calls message (its arguments, name and pickle framing)."""
+    return arguments_size(args) + len(function) + _ENTRY_ROOM
+
+
+def calls_message(instance_id: int, entries: list[tuple]) -> Calls:
+    """The Calls message for ``entries``. Out-of-band arguments ``(pickle, buffers)`` go
+    into the batch as ``(pickle, len(buffers))``; the buffers follow the payload as frames,
+    in entry order."""
+    buffers: list = []
+    wire = entries
+    for index, entry in enumerate(entries):
+        args = entry[2]
+        if type(args) is tuple:
+            if wire is entries:
+                wire = list(entries)
+            buffers += args[1]
+            wire[index] = (entry[0], entry[1], (args[0], len(args[1])), entry[3])
+    return Calls(instance_id, len(entries), encode_batch(wire), tuple(buffers))
+
+
+def calls_entries(msg: Calls) -> list[tuple]:
+    """The entries of ``msg`` with their out-of-band buffers back in place (as bytearrays,
+    so that arrays unpickled over them are writable); ProtocolError if they do not match."""
+    entries = decode_batch(msg.payload)
+    buffers = msg.buffers
+    if not buffers:
+        return entries
+    used = 0
+    for index, entry in enumerate(entries):
+        args = entry[2]
+        if type(args) is tuple:
+            if (len(args) != 2 or type(args[0]) is not bytes or type(args[1]) is not int
+                    or not 0 < args[1] <= len(buffers) - used):
+                raise ProtocolError("calls: malformed out-of-band arguments")
+            taken = tuple(b if type(b) is bytearray else bytearray(b)
+                          for b in buffers[used:used + args[1]])
+            used += args[1]
+            entries[index] = (entry[0], entry[1], (args[0], taken), entry[3])
+    if used != len(buffers):
+        raise ProtocolError(f"calls: {len(buffers) - used} out-of-band buffers named by no call")
+    return entries
 
 
 def call_budget(max_bytes: int) -> int:
@@ -445,21 +516,25 @@ def fit_calls(entries: list[tuple], max_bytes: int) -> tuple[list[list[tuple]], 
     costs one pass over the entries' sizes.
     """
     budget = call_budget(max_bytes)
-    sizes = [len(entry[2]) + len(entry[1]) + _ENTRY_ROOM for entry in entries]
-    if sum(sizes) <= budget:
+    sizes = [(len(args) if type(args := entry[2]) is bytes else arguments_size(args))
+             + len(entry[1]) + _ENTRY_ROOM for entry in entries]
+    out_of_band = sum(len(entry[2][1]) for entry in entries if type(entry[2]) is tuple)
+    if sum(sizes) <= budget and out_of_band <= MAX_BATCH_BUFFERS:
         return [entries], []
     batches: list[list[tuple]] = [[]]
     too_large: list[tuple[int, int]] = []
-    used = 0
+    used = frames = 0
     for entry, size in zip(entries, sizes):
         if size > budget:
-            too_large.append((entry[0], len(entry[2])))
+            too_large.append((entry[0], arguments_size(entry[2])))
             continue
-        if used + size > budget and batches[-1]:
+        buffers = len(entry[2][1]) if type(entry[2]) is tuple else 0
+        if batches[-1] and (used + size > budget or frames + buffers > MAX_BATCH_BUFFERS):
             batches.append([])
-            used = 0
+            used = frames = 0
         batches[-1].append(entry)
         used += size
+        frames += buffers
     return [batch for batch in batches if batch], too_large
 
 
@@ -496,6 +571,7 @@ _COUNT = struct.Struct("!I")
 _LENGTH = struct.Struct("!Q")
 STREAM_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 BIG_FRAME = 1 << 20  # frames from this size on are read into a buffer of their own
+_MAX_STREAM_FRAMES = 2 + MAX_BATCH_BUFFERS  # envelope, payload, out-of-band buffers
 
 
 def pack_stream(frames: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
@@ -573,7 +649,7 @@ class StreamDecoder:
                     if len(buf) - pos < _COUNT.size:
                         return
                     (count,) = _COUNT.unpack_from(buf, pos)
-                    if count > 16:
+                    if count > _MAX_STREAM_FRAMES:
                         raise ProtocolError(f"stream message with {count} frames")
                     self._count = count
                     pos += _COUNT.size

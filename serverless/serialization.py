@@ -9,7 +9,12 @@
   source lines of those files too, so a remote traceback names the user's file and shows
   the failing line even on a machine that does not have the file.
 * Arguments and results use the standard pickle (protocol 5, fast C code) and fall back to
-  cloudpickle for lambdas and other local objects.
+  cloudpickle for lambdas and other local objects. A large contiguous buffer among the
+  arguments (a numpy array of :data:`OUT_OF_BAND_MIN` bytes or more, anything that
+  pickles through ``pickle.PickleBuffer``) is taken **out of band**: the arguments become
+  ``(pickle, buffers)`` and each buffer travels as a message frame of its own, so it is
+  never copied into and out of the call batch; the function gets an array over that
+  frame's memory, writable like any unpickled array.
 * A raised exception travels as itself when it pickles and unpickles, with its traceback
   text; otherwise the manager raises :class:`FunctionError` with the type name and text.
 """
@@ -39,9 +44,10 @@ from .errors import (
     ResultNotSerializable,
     SerializationError,
 )
-from .protocol import safe_dumps, safe_loads
+from .protocol import MAX_CALL_BUFFERS, Arguments, safe_dumps, safe_loads
 
 __all__ = [
+    "OUT_OF_BAND_MIN",
     "dumps_by_value",
     "loads_by_value",
     "dumps_args",
@@ -54,6 +60,7 @@ __all__ = [
 
 _PICKLE = 5
 _CLOUDPICKLE = b"c"
+OUT_OF_BAND_MIN = 1 << 16  # bytes: smaller buffers stay inside the arguments' pickle
 _DILL = b"d"
 
 
@@ -180,18 +187,60 @@ def _dumps_fallback(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=_PICKLE)
 
 
-def dumps_args(args: tuple, kwargs: dict) -> bytes:
-    """The pickled arguments of one call; ArgumentNotSerializable if they cannot be pickled."""
+class _LargeBuffer(Exception):
+    """Raised while pickling to say: start again, taking large buffers out of band."""
+
+
+def _small_buffers_only(buffer: pickle.PickleBuffer) -> bool:
     try:
-        return _dumps_fallback((args, kwargs))
-    except Exception as exc:
-        raise ArgumentNotSerializable(
-            f"the call's arguments cannot be pickled: {type(exc).__name__}: {exc}"
-        ) from exc
+        if buffer.raw().nbytes < OUT_OF_BAND_MIN:
+            return True
+    except BufferError:  # not contiguous: in band
+        return True
+    raise _LargeBuffer()
 
 
-def loads_args(blob: bytes) -> tuple[tuple, dict]:
-    return pickle.loads(blob)
+def dumps_args(args: tuple, kwargs: dict) -> Arguments:
+    """The pickled arguments of one call, large buffers out of band (see the module
+    docstring); ArgumentNotSerializable if they cannot be pickled."""
+    try:  # the common case: no large buffer, the C pickler alone
+        return pickle.dumps((args, kwargs), _PICKLE, buffer_callback=_small_buffers_only)
+    except _LargeBuffer:
+        pass
+    except Exception:  # not picklable by pickle: cloudpickle below
+        pass
+    taken: list[bytes] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in band
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN or len(taken) >= MAX_CALL_BUFFERS:
+            return True
+        taken.append(raw.tobytes())  # a copy: the caller may change the array after call()
+        return False
+
+    value = (args, kwargs)
+    try:
+        blob = pickle.dumps(value, _PICKLE, buffer_callback=out_of_band)
+    except Exception:
+        taken.clear()
+        try:
+            blob = cloudpickle.dumps(value, protocol=_PICKLE, buffer_callback=out_of_band)
+        except Exception as exc:
+            raise ArgumentNotSerializable(
+                f"the call's arguments cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
+    if len(taken) >= MAX_CALL_BUFFERS:  # so many that the frames would cost more: in band
+        return _dumps_fallback(value)
+    return (blob, tuple(taken)) if taken else blob
+
+
+def loads_args(args: Arguments) -> tuple[tuple, dict]:
+    if type(args) is tuple:
+        return pickle.loads(args[0], buffers=args[1])
+    return pickle.loads(args)
 
 
 def dumps_result(value: Any) -> bytes:

@@ -140,6 +140,30 @@ def test_kwargs_and_large_arguments(shared_manager):
     assert big == (1, b"z" * 3_000_000, None)
 
 
+def scale_in_place(array, k):
+    array *= k  # the argument arrives writable, as any unpickled array
+    return float(array.sum())
+
+
+def shapes(*arrays, **named):
+    return [a.shape for a in arrays], {k: float(v.sum()) for k, v in named.items()}
+
+
+@pytest.mark.parametrize("mode", ["fork", "direct"])
+def test_large_arrays_travel_out_of_band_and_arrive_writable(shared_manager, mode):
+    import numpy
+
+    shared_manager.install(serverless.Library(f"arrays-{mode}", [scale_in_place, shapes],
+                                              imports=["numpy"], mode=mode))
+    array = numpy.ones(500_000)  # 4 MB: out of band
+    futures = [shared_manager.call(f"arrays-{mode}", "scale_in_place", array, k) for k in range(8)]
+    array[:] = 7  # after call(): the calls got a copy taken when they were made
+    assert [f.result(timeout=60) for f in futures] == [500_000.0 * k for k in range(8)]
+    big, small = numpy.arange(300_000).reshape(600, 500), numpy.ones(3)
+    assert shared_manager.call(f"arrays-{mode}", "shapes", big, small, other=numpy.ones(100_000)
+                               ).result(timeout=60) == ([(600, 500), (3,)], {"other": 100_000.0})
+
+
 def test_reinstall_replaces_code(shared_manager):
     shared_manager.install(serverless.Library("version", {"v": lambda: 1}))
     assert shared_manager.call("version", "v").result() == 1

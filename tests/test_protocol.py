@@ -21,10 +21,13 @@ from serverless.protocol import (
     Register,
     Results,
     StreamDecoder,
+    calls_entries,
+    calls_message,
     decode,
     decode_batch,
     encode,
     encode_batch,
+    fit_calls,
     pack_stream,
 )
 
@@ -43,6 +46,8 @@ def sample(cls: type) -> protocol.Message:
         if base in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             base = typing.get_args(hint)[0]
         values[f.name] = _SAMPLES.get(base, None)
+    if "buffers" in values:  # frames of their own after the payload
+        values["buffers"] = (b"first buffer", b"second")
     return cls(**values)
 
 
@@ -55,6 +60,42 @@ def test_every_message_round_trips(tag):
     for f in dataclasses.fields(message):
         assert bytes(getattr(back, f.name)) == bytes(getattr(message, f.name)) \
             if f.name == "payload" else getattr(back, f.name) == getattr(message, f.name)
+
+
+def test_out_of_band_arguments_travel_as_frames_of_their_own():
+    big, other = os.urandom(100_000), os.urandom(70_000)
+    entries = [(1, "f", b"inband", None), (2, "g", (b"pickle-2", (big, other)), 1.5),
+               (3, "f", (b"pickle-3", (bytearray(b"x" * 65536),)), None)]
+    message = calls_message(9, entries)
+    frames = encode(message)
+    assert len(frames) == 2 + 3 and bytes(frames[2]) == big  # envelope, payload, buffers
+    assert len(frames[1]) < 1000  # the batch pickle does not carry the buffers
+    back = calls_entries(decode([bytes(f) for f in frames]))
+    assert back[0] == entries[0]
+    assert back[1][2][0] == b"pickle-2" and list(back[1][2][1]) == [big, other]
+    assert all(type(b) is bytearray for _, _, (_, bufs), _ in back[1:] for b in bufs)  # writable
+    assert calls_message(9, entries[:1]).buffers == ()  # in-band calls: no extra frame
+
+
+@pytest.mark.parametrize("wire", [
+    [(1, "f", (b"p", 2), None)],  # names more buffers than the message has
+    [(1, "f", (b"p", 0), None)],
+    [(1, "f", (b"p", "1"), None)],
+    [(1, "f", b"inband", None)],  # a buffer nobody names
+])
+def test_calls_whose_buffers_do_not_match_are_refused(wire):
+    message = Calls(1, len(wire), pickle.dumps(wire, 5), (b"one buffer",))
+    with pytest.raises(ProtocolError):
+        calls_entries(decode(encode(message)))
+
+
+def test_fit_calls_counts_out_of_band_buffers_in_size_and_number():
+    buffer = b"z" * 70_000
+    entries = [(i, "f", (b"p", (buffer,) * 200), None) for i in range(12)]
+    batches, too_large = fit_calls(entries, 1 << 31)
+    assert not too_large and [len(b) for b in batches] == [5, 5, 2]  # at most 1,024 buffers
+    batches, too_large = fit_calls(entries[:1] + [(99, "f", (b"p", (b"y" * 200_000,)), None)], 150_000)
+    assert too_large == [(0, 200 * 70_000 + 1), (99, 200_001)]
 
 
 def test_register_carries_the_protocol_version():

@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from serverless.protocol import STREAM_READ_SIZE as _READ_SIZE
-from serverless.protocol import CallStatus, safe_dumps
+from serverless.protocol import CallStatus, arguments_size, safe_dumps
 
 from .call_runner import run_call
 from .limits import memory_limit
@@ -308,7 +308,7 @@ class ForkExecutor:
         """Give ``entry`` to the spare; False (the spare kept or gone) if it must fork instead."""
         spare = self._spare
         assert spare is not None
-        if len(entry[2]) > SPARE_MAX_ARGS:
+        if arguments_size(entry[2]) > SPARE_MAX_ARGS:
             return False  # the spare waits for a smaller call
         self._spare = None
         data = pickle.dumps(entry, 5)

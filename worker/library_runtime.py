@@ -53,8 +53,8 @@ from serverless.protocol import (
     Results,
     StopInstance,
     StreamDecoder,
+    calls_entries,
     decode,
-    decode_batch,
     encode,
     encode_batch,
     pack_stream,
@@ -211,7 +211,7 @@ class LibraryRuntime:
         for frames in messages:
             msg = decode(frames)
             if isinstance(msg, Calls):
-                self._executor.submit(decode_batch(msg.payload))
+                self._executor.submit(calls_entries(msg))
             elif isinstance(msg, Cancel):
                 self._executor.cancel(set(msg.call_ids))
             elif isinstance(msg, StopInstance):
