@@ -6,6 +6,8 @@ One ``serverless.Manager()`` per measurement, a bare library with ``add``, then:
                    the median calls/s and the manager process's CPU per call (all its threads)
     latd, latf     calls one in flight: p50 and p90 in microseconds (``--gap-ms``: a pause
                    before each call, so that it finds an idle instance)
+    bigd, bigf     20 calls each given a 20 MB numpy array, 3 times: the median MB/s
+    bigpool        the same through multiprocessing.Pool(2).map, for comparison
 
 It prints one JSON line. To compare two versions of the engine at the same moment (the only
 comparison that means anything on a shared machine), run it alternately against each, e.g.
@@ -43,6 +45,36 @@ def _throughput(manager: Any, n: int) -> dict[str, float]:
     return {"rate": statistics.median(rates), "mgr_cpu_us": statistics.median(cpu)}
 
 
+def total(array: Any) -> float:
+    return float(array[0]) + array.nbytes
+
+
+def _arrays(megabytes: int = 20, count: int = 20) -> list[Any]:
+    import numpy
+
+    return [numpy.full(megabytes * 2**20 // 8, float(i)) for i in range(count)]
+
+
+def _big(submit_all: Any) -> dict[str, float]:
+    arrays = _arrays()
+    expected = [i + a.nbytes for i, a in enumerate(arrays)]
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        if submit_all(arrays) != expected:
+            raise AssertionError("wrong results")
+        rates.append(sum(a.nbytes for a in arrays) / 2**20 / (time.perf_counter() - started))
+    return {"mb_per_s": statistics.median(rates)}
+
+
+def _big_pool() -> dict[str, float]:
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(total, _arrays(count=2))  # warm-up
+        return _big(lambda arrays: pool.map(total, arrays, chunksize=1))
+
+
 def _latency(manager: Any, n: int, gap: float = 0.0) -> dict[str, float]:
     seconds = []
     for i in range(n):
@@ -68,11 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     imports = [m for m in args.imports.split(",") if m]
     out: dict[str, Any] = {"src": serverless.__file__}
     for what in args.what.split(","):
-        mode = "direct" if what in ("direct", "latd") else "fork"
+        if what == "bigpool":
+            out[what] = _big_pool()
+            continue
+        mode = "direct" if what in ("direct", "latd", "bigd") else "fork"
+        modules = [*imports, "numpy"] if what.startswith("big") else imports
         with serverless.Manager() as manager:
-            manager.install(serverless.Library("lib", {"add": add}, imports=imports, mode=mode, slots=1))
+            manager.install(serverless.Library("lib", {"add": add, "total": total},
+                                               imports=modules, mode=mode, slots=1))
             list(manager.map("lib", "add", range(200), range(200)))  # warm-up: instances up
-            if what in ("direct", "fork"):
+            if what.startswith("big"):
+                out[what] = _big(lambda arrays: [f.result() for f in
+                                                 [manager.call("lib", "total", a) for a in arrays]])
+            elif what in ("direct", "fork"):
                 out[what] = _throughput(manager, args.n if what == "direct" else args.nf)
             else:
                 out[what] = _latency(manager, 1000 if what == "latd" else 200, args.gap_ms / 1000)
