@@ -36,7 +36,9 @@ batches, leaving out the calls whose own arguments are too large (they fail with
 only the calls whose own result is too large (status ``RESULT_TOO_LARGE``).
 
 Call batch entries are tuples ``(call_id, function, args, timeout)`` where ``args`` is the
-pickled ``(args, kwargs)`` and ``timeout`` is seconds or ``None``. Result batch entries are
+pickled ``(args, kwargs)``, or ``(pickle, n)`` when the call's ``n`` large buffers travel
+out of band as frames after the payload (:func:`calls_message`, :func:`calls_entries`), and
+``timeout`` is seconds or ``None``. Result batch entries are
 tuples ``(call_id, status, payload, duration)``; ``status`` is a :class:`CallStatus` and the
 payload's meaning depends on it (see :mod:`serverless.serialization`).
 """
