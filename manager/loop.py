@@ -65,8 +65,7 @@ from serverless.protocol import (
     decode_batch,
     encode,
     call_budget,
-    calls_message,
-    fit_calls,
+    calls_messages,
     safe_dumps,
     safe_loads,
 )
@@ -393,9 +392,9 @@ class ManagerLoop:
     def _send_calls(self, worker_id: str, instance_id: int, entries: list[tuple]) -> None:
         """Send calls in batches that fit the worker; fail those too large to go alone."""
         limit = self._accepts(worker_id)
-        batches, too_large = fit_calls(entries, limit)
-        for batch in batches:
-            self._send_to(worker_id, calls_message(instance_id, batch))
+        messages, too_large = calls_messages(instance_id, entries, limit)
+        for message in messages:
+            self._send_to(worker_id, message)
         if too_large:
             status = int(CallStatus.ARGUMENTS_TOO_LARGE)
             self._perform(self.scheduler.results(instance_id, [

@@ -49,6 +49,7 @@ import dataclasses
 import enum
 import io
 import math
+import operator
 import pickle
 import struct
 import types
@@ -92,6 +93,7 @@ __all__ = [
     "call_size",
     "call_budget",
     "calls_message",
+    "calls_messages",
     "calls_entries",
     "arguments_size",
     "Arguments",
@@ -508,6 +510,25 @@ def calls_entries(msg: Calls) -> list[tuple]:
 def call_budget(max_bytes: int) -> int:
     """The room for calls in one message of at most ``max_bytes``."""
     return max_bytes - _ENVELOPE_ROOM
+
+
+_FUNCTION, _ARGS = operator.itemgetter(1), operator.itemgetter(2)
+
+
+def calls_messages(instance_id: int, entries: list[tuple],
+                   max_bytes: int) -> tuple[list[Calls], list[tuple[int, int]]]:
+    """The Calls messages that carry ``entries`` to an instance, each under ``max_bytes``,
+    and ``(call_id, size)`` of the calls too large to go even alone (:func:`fit_calls`).
+
+    The common case (no out-of-band buffer, all under the limit) is one message built
+    from a few passes of C-level ``map``s over the entries."""
+    args = list(map(_ARGS, entries))
+    if set(map(type, args)) == {bytes}:
+        size = sum(map(len, args)) + sum(map(len, map(_FUNCTION, entries))) + _ENTRY_ROOM * len(args)
+        if size <= call_budget(max_bytes):
+            return [Calls(instance_id, len(entries), encode_batch(entries))], []
+    batches, too_large = fit_calls(entries, max_bytes)
+    return [calls_message(instance_id, batch) for batch in batches], too_large
 
 
 def fit_calls(entries: list[tuple], max_bytes: int) -> tuple[list[list[tuple]], list[tuple[int, int]]]:

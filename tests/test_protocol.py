@@ -23,6 +23,7 @@ from serverless.protocol import (
     StreamDecoder,
     calls_entries,
     calls_message,
+    calls_messages,
     decode,
     decode_batch,
     encode,
@@ -87,6 +88,18 @@ def test_calls_whose_buffers_do_not_match_are_refused(wire):
     message = Calls(1, len(wire), pickle.dumps(wire, 5), (b"one buffer",))
     with pytest.raises(ProtocolError):
         calls_entries(decode(encode(message)))
+
+
+def test_calls_messages_one_message_when_all_fits_several_when_not():
+    small = [(i, "f", b"a" * 100, None) for i in range(5)]
+    [message], too_large = calls_messages(3, small, 1 << 20)
+    assert not too_large and message.buffers == () and decode_batch(message.payload) == small
+    mixed = small + [(6, "f", (b"p", (b"b" * 70_000,)), None), (7, "f", b"c" * 300_000, None)]
+    messages, too_large = calls_messages(3, mixed, 200_000)
+    assert too_large == [(7, 300_000)]
+    back = [entry for message in messages for entry in calls_entries(message)]
+    assert [entry[0] for entry in back] == [0, 1, 2, 3, 4, 6]
+    assert back[-1][2] == (b"p", (bytearray(b"b" * 70_000),))
 
 
 def test_fit_calls_counts_out_of_band_buffers_in_size_and_number():
