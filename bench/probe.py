@@ -8,6 +8,7 @@ One ``serverless.Manager()`` per measurement, a bare library with ``add``, then:
                    before each call, so that it finds an idle instance)
     bigd, bigf     20 calls each given a 20 MB numpy array, 3 times: the median MB/s
     bigpool        the same through multiprocessing.Pool(2).map, for comparison
+    outd, outf     20 calls each returning a 20 MB numpy array, 3 times: the median MB/s
 
 It prints one JSON line. To compare two versions of the engine at the same moment (the only
 comparison that means anything on a shared machine), run it alternately against each, e.g.
@@ -67,6 +68,23 @@ def _big(submit_all: Any) -> dict[str, float]:
     return {"mb_per_s": statistics.median(rates)}
 
 
+def make(i: int) -> Any:
+    import numpy
+
+    return numpy.full(20 * 2**20 // 8, float(i))
+
+
+def _big_results(manager: Any) -> dict[str, float]:
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        results = [f.result() for f in [manager.call("lib", "make", i) for i in range(20)]]
+        if [float(r[0]) for r in results] != [float(i) for i in range(20)]:
+            raise AssertionError("wrong results")
+        rates.append(sum(r.nbytes for r in results) / 2**20 / (time.perf_counter() - started))
+    return {"mb_per_s": statistics.median(rates)}
+
+
 def _big_pool() -> dict[str, float]:
     import multiprocessing
 
@@ -103,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         if what == "bigpool":
             out[what] = _big_pool()
             continue
-        mode = "direct" if what in ("direct", "latd", "bigd") else "fork"
-        modules = [*imports, "numpy"] if what.startswith("big") else imports
+        mode = "direct" if what in ("direct", "latd", "bigd", "outd") else "fork"
+        modules = [*imports, "numpy"] if what[:3] in ("big", "out") else imports
         with serverless.Manager() as manager:
-            manager.install(serverless.Library("lib", {"add": add, "total": total},
+            manager.install(serverless.Library("lib", {"add": add, "total": total, "make": make},
                                                imports=modules, mode=mode, slots=1))
             list(manager.map("lib", "add", range(200), range(200)))  # warm-up: instances up
-            if what.startswith("big"):
+            if what.startswith("out"):
+                out[what] = _big_results(manager)
+            elif what.startswith("big"):
                 out[what] = _big(lambda arrays: [f.result() for f in
                                                  [manager.call("lib", "total", a) for a in arrays]])
             elif what in ("direct", "fork"):

@@ -61,11 +61,11 @@ from serverless.protocol import (
     Shutdown,
     StopInstance,
     Welcome,
-    decode,
-    decode_batch,
-    encode,
+    batch_entries,
     call_budget,
     calls_messages,
+    decode,
+    encode,
     safe_dumps,
     safe_loads,
 )
@@ -329,7 +329,7 @@ class ManagerLoop:
     def _from_worker(self, identity: bytes, worker: WorkerInfo, msg: Message) -> None:
         scheduler = self.scheduler
         if isinstance(msg, Results):
-            self._perform(scheduler.results(msg.instance_id, decode_batch(msg.payload)))
+            self._perform(scheduler.results(msg.instance_id, batch_entries(msg)))
         elif isinstance(msg, Heartbeat):
             pass
         elif isinstance(msg, InstanceReady):

@@ -37,7 +37,7 @@ only the calls whose own result is too large (status ``RESULT_TOO_LARGE``).
 
 Call batch entries are tuples ``(call_id, function, args, timeout)`` where ``args`` is the
 pickled ``(args, kwargs)``, or ``(pickle, n)`` when the call's ``n`` large buffers travel
-out of band as frames after the payload (:func:`calls_message`, :func:`calls_entries`), and
+out of band as frames after the payload (:func:`batch_message`, :func:`batch_entries`), and
 ``timeout`` is seconds or ``None``. Result batch entries are
 tuples ``(call_id, status, payload, duration)``; ``status`` is a :class:`CallStatus` and the
 payload's meaning depends on it (see :mod:`serverless.serialization`).
@@ -92,9 +92,10 @@ __all__ = [
     "fit_calls",
     "call_size",
     "call_budget",
-    "calls_message",
+    "batch_message",
+    "batch_entries",
     "calls_messages",
-    "calls_entries",
+    "results_messages",
     "arguments_size",
     "Arguments",
     "MAX_CALL_BUFFERS",
@@ -324,7 +325,7 @@ class Calls(Message):
     """manager -> worker -> library: a batch of calls for one instance.
 
     ``buffers`` are the calls' out-of-band argument buffers, one frame each after the
-    payload, in the order of the entries that name them (see :func:`calls_message`).
+    payload, in the order of the entries that name them (see :func:`batch_message`).
     """
 
     instance_id: int
@@ -336,11 +337,12 @@ class Calls(Message):
 @message("results")
 @dataclass(frozen=True, slots=True)
 class Results(Message):
-    """library -> worker -> manager: a batch of finished calls."""
+    """library -> worker -> manager: a batch of finished calls (``buffers``: as in Calls)."""
 
     instance_id: int
     count: int
     payload: bytes = b""
+    buffers: tuple = ()
 
 
 @message("cancel")
@@ -468,23 +470,24 @@ def call_size(function: str, args: Arguments) -> int:
     return arguments_size(args) + len(function) + _ENTRY_ROOM
 
 
-def calls_message(instance_id: int, entries: list[tuple]) -> Calls:
-    """The Calls message for ``entries``. Out-of-band arguments ``(pickle, buffers)`` go
-    into the batch as ``(pickle, len(buffers))``; the buffers follow the payload as frames,
+def batch_message(cls: type[Calls] | type[Results], instance_id: int, entries: list[tuple]):
+    """The Calls or Results message for ``entries``. An entry's third item (a call's
+    arguments, a result's payload) given as ``(pickle, buffers)`` goes into the batch as
+    ``(pickle, len(buffers))``, and the buffers follow the payload as frames of their own,
     in entry order."""
     buffers: list = []
     wire = entries
     for index, entry in enumerate(entries):
-        args = entry[2]
-        if type(args) is tuple:
+        data = entry[2]
+        if type(data) is tuple:
             if wire is entries:
                 wire = list(entries)
-            buffers += args[1]
-            wire[index] = (entry[0], entry[1], (args[0], len(args[1])), entry[3])
-    return Calls(instance_id, len(entries), encode_batch(wire), tuple(buffers))
+            buffers += data[1]
+            wire[index] = (entry[0], entry[1], (data[0], len(data[1])), entry[3])
+    return cls(instance_id, len(entries), encode_batch(wire), tuple(buffers))
 
 
-def calls_entries(msg: Calls) -> list[tuple]:
+def batch_entries(msg: Calls | Results) -> list[tuple]:
     """The entries of ``msg`` with their out-of-band buffers back in place (as bytearrays,
     so that arrays unpickled over them are writable); ProtocolError if they do not match."""
     entries = decode_batch(msg.payload)
@@ -493,18 +496,35 @@ def calls_entries(msg: Calls) -> list[tuple]:
         return entries
     used = 0
     for index, entry in enumerate(entries):
-        args = entry[2]
-        if type(args) is tuple:
-            if (len(args) != 2 or type(args[0]) is not bytes or type(args[1]) is not int
-                    or not 0 < args[1] <= len(buffers) - used):
-                raise ProtocolError("calls: malformed out-of-band arguments")
+        data = entry[2]
+        if type(data) is tuple:
+            if (len(data) != 2 or type(data[0]) is not bytes or type(data[1]) is not int
+                    or not 0 < data[1] <= len(buffers) - used):
+                raise ProtocolError(f"{msg.TAG}: malformed out-of-band data")
             taken = tuple(b if type(b) is bytearray else bytearray(b)
-                          for b in buffers[used:used + args[1]])
-            used += args[1]
-            entries[index] = (entry[0], entry[1], (args[0], taken), entry[3])
+                          for b in buffers[used:used + data[1]])
+            used += data[1]
+            entries[index] = (entry[0], entry[1], (data[0], taken), entry[3])
     if used != len(buffers):
-        raise ProtocolError(f"calls: {len(buffers) - used} out-of-band buffers named by no call")
+        raise ProtocolError(f"{msg.TAG}: {len(buffers) - used} out-of-band buffers named by no entry")
     return entries
+
+
+def results_messages(instance_id: int, entries: list[tuple]) -> list[Results]:
+    """Results messages for ``entries``: one, unless their out-of-band buffers are more than
+    one message may carry (:data:`MAX_BATCH_BUFFERS`)."""
+    if set(map(type, map(_ARGS, entries))) == {bytes}:  # the common case: nothing out of band
+        return [Results(instance_id, len(entries), encode_batch(entries))]
+    batches: list[list[tuple]] = [[]]
+    frames = 0
+    for entry in entries:
+        buffers = len(entry[2][1]) if type(entry[2]) is tuple else 0
+        if batches[-1] and frames + buffers > MAX_BATCH_BUFFERS:
+            batches.append([])
+            frames = 0
+        batches[-1].append(entry)
+        frames += buffers
+    return [batch_message(Results, instance_id, batch) for batch in batches]
 
 
 def call_budget(max_bytes: int) -> int:
@@ -528,7 +548,7 @@ def calls_messages(instance_id: int, entries: list[tuple],
         if size <= call_budget(max_bytes):
             return [Calls(instance_id, len(entries), encode_batch(entries))], []
     batches, too_large = fit_calls(entries, max_bytes)
-    return [calls_message(instance_id, batch) for batch in batches], too_large
+    return [batch_message(Calls, instance_id, batch) for batch in batches], too_large
 
 
 def fit_calls(entries: list[tuple], max_bytes: int) -> tuple[list[list[tuple]], list[tuple[int, int]]]:
@@ -573,9 +593,9 @@ def fit_results(msg: Results, frames: list, max_bytes: int) -> list[list]:
         return [frames]
     batches: list[list[tuple]] = [[]]
     used = 0
-    for entry in decode_batch(msg.payload):
+    for entry in batch_entries(msg):
         call_id, _status, payload, duration = entry
-        size = (len(payload) if isinstance(payload, (bytes, bytearray)) else 0) + _ENTRY_ROOM
+        size = (arguments_size(payload) if type(payload) in (bytes, bytearray, tuple) else 0) + _ENTRY_ROOM
         if size > budget:
             too_large = safe_dumps((size - _ENTRY_ROOM, max_bytes))
             entry = (call_id, int(CallStatus.RESULT_TOO_LARGE), too_large, duration)
@@ -585,7 +605,8 @@ def fit_results(msg: Results, frames: list, max_bytes: int) -> list[list]:
             used = 0
         batches[-1].append(entry)
         used += size
-    return [encode(Results(msg.instance_id, len(batch), encode_batch(batch))) for batch in batches]
+    return [encode(message) for batch in batches
+            for message in results_messages(msg.instance_id, batch)]
 
 
 # --- stream framing (worker agent <-> library process) ---------------------------------

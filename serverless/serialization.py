@@ -200,11 +200,11 @@ def _small_buffers_only(buffer: pickle.PickleBuffer) -> bool:
     raise _LargeBuffer()
 
 
-def dumps_args(args: tuple, kwargs: dict) -> Arguments:
-    """The pickled arguments of one call, large buffers out of band (see the module
-    docstring); ArgumentNotSerializable if they cannot be pickled."""
+def _dumps_out_of_band(value: Any) -> Arguments:
+    """``value`` pickled, large buffers out of band (see the module docstring); the pickling
+    error if neither pickle nor cloudpickle can do it."""
     try:  # the common case: no large buffer, the C pickler alone
-        return pickle.dumps((args, kwargs), _PICKLE, buffer_callback=_small_buffers_only)
+        return pickle.dumps(value, _PICKLE, buffer_callback=_small_buffers_only)
     except _LargeBuffer:
         pass
     except Exception:  # not picklable by pickle: cloudpickle below
@@ -218,35 +218,46 @@ def dumps_args(args: tuple, kwargs: dict) -> Arguments:
             return True
         if raw.nbytes < OUT_OF_BAND_MIN or len(taken) >= MAX_CALL_BUFFERS:
             return True
-        taken.append(raw.tobytes())  # a copy: the caller may change the array after call()
+        taken.append(raw.tobytes())  # a copy: the caller may change the array later
         return False
 
-    value = (args, kwargs)
     try:
         blob = pickle.dumps(value, _PICKLE, buffer_callback=out_of_band)
     except Exception:
         taken.clear()
-        try:
-            blob = cloudpickle.dumps(value, protocol=_PICKLE, buffer_callback=out_of_band)
-        except Exception as exc:
-            raise ArgumentNotSerializable(
-                f"the call's arguments cannot be pickled: {type(exc).__name__}: {exc}"
-            ) from exc
+        blob = cloudpickle.dumps(value, protocol=_PICKLE, buffer_callback=out_of_band)
     if len(taken) >= MAX_CALL_BUFFERS:  # so many that the frames would cost more: in band
         return _dumps_fallback(value)
     return (blob, tuple(taken)) if taken else blob
 
 
-def loads_args(args: Arguments) -> tuple[tuple, dict]:
-    if type(args) is tuple:
-        return pickle.loads(args[0], buffers=args[1])
-    return pickle.loads(args)
+def _loads_out_of_band(data: Arguments) -> Any:
+    if type(data) is tuple:  # writable buffers, so that arrays over them are writable
+        return pickle.loads(data[0], buffers=[b if type(b) is bytearray else bytearray(b)
+                                              for b in data[1]])
+    return pickle.loads(data)
 
 
-def dumps_result(value: Any) -> bytes:
-    """The pickled return value; ResultNotSerializable if it cannot be pickled."""
+def dumps_args(args: tuple, kwargs: dict) -> Arguments:
+    """The pickled arguments of one call, large buffers out of band (see the module
+    docstring); ArgumentNotSerializable if they cannot be pickled."""
     try:
-        return _dumps_fallback(value)
+        return _dumps_out_of_band((args, kwargs))
+    except Exception as exc:
+        raise ArgumentNotSerializable(
+            f"the call's arguments cannot be pickled: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def loads_args(args: Arguments) -> tuple[tuple, dict]:
+    return _loads_out_of_band(args)
+
+
+def dumps_result(value: Any) -> Arguments:
+    """The pickled return value, large buffers out of band as for arguments;
+    ResultNotSerializable if it cannot be pickled."""
+    try:
+        return _dumps_out_of_band(value)
     except Exception as exc:
         raise ResultNotSerializable(
             f"the function's return value ({type(value).__qualname__}) cannot be pickled: "
@@ -254,9 +265,9 @@ def dumps_result(value: Any) -> bytes:
         ) from exc
 
 
-def loads_result(blob: bytes | memoryview) -> Any:
+def loads_result(blob: Arguments | memoryview) -> Any:
     try:
-        return pickle.loads(blob)
+        return _loads_out_of_band(blob)
     except Exception as exc:
         raise ResultNotSerializable(
             f"the function's return value cannot be unpickled here: {type(exc).__name__}: {exc}"

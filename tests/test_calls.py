@@ -164,6 +164,24 @@ def test_large_arrays_travel_out_of_band_and_arrive_writable(shared_manager, mod
                                ).result(timeout=60) == ([(600, 500), (3,)], {"other": 100_000.0})
 
 
+def make_array(n, value):
+    import numpy
+
+    return {"big": numpy.full(n, float(value)), "small": numpy.ones(2), "n": n}
+
+
+@pytest.mark.parametrize("mode", ["fork", "direct"])
+def test_large_results_travel_out_of_band_and_arrive_writable(shared_manager, mode):
+    shared_manager.install(serverless.Library(f"results-{mode}", [make_array],
+                                              imports=["numpy"], mode=mode))
+    futures = [shared_manager.call(f"results-{mode}", "make_array", 300_000, i) for i in range(6)]
+    for i, future in enumerate(futures):
+        result = future.result(timeout=60)
+        assert result["n"] == 300_000 and float(result["big"].sum()) == 300_000.0 * i
+        result["big"] += 1  # writable, as any unpickled array
+        assert float(result["small"].sum()) == 2.0
+
+
 def test_reinstall_replaces_code(shared_manager):
     shared_manager.install(serverless.Library("version", {"v": lambda: 1}))
     assert shared_manager.call("version", "v").result() == 1

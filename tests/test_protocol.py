@@ -21,15 +21,17 @@ from serverless.protocol import (
     Register,
     Results,
     StreamDecoder,
-    calls_entries,
-    calls_message,
+    batch_entries,
+    batch_message,
     calls_messages,
     decode,
     decode_batch,
     encode,
     encode_batch,
     fit_calls,
+    fit_results,
     pack_stream,
+    results_messages,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -67,15 +69,15 @@ def test_out_of_band_arguments_travel_as_frames_of_their_own():
     big, other = os.urandom(100_000), os.urandom(70_000)
     entries = [(1, "f", b"inband", None), (2, "g", (b"pickle-2", (big, other)), 1.5),
                (3, "f", (b"pickle-3", (bytearray(b"x" * 65536),)), None)]
-    message = calls_message(9, entries)
+    message = batch_message(Calls, 9, entries)
     frames = encode(message)
     assert len(frames) == 2 + 3 and bytes(frames[2]) == big  # envelope, payload, buffers
     assert len(frames[1]) < 1000  # the batch pickle does not carry the buffers
-    back = calls_entries(decode([bytes(f) for f in frames]))
+    back = batch_entries(decode([bytes(f) for f in frames]))
     assert back[0] == entries[0]
     assert back[1][2][0] == b"pickle-2" and list(back[1][2][1]) == [big, other]
     assert all(type(b) is bytearray for _, _, (_, bufs), _ in back[1:] for b in bufs)  # writable
-    assert calls_message(9, entries[:1]).buffers == ()  # in-band calls: no extra frame
+    assert batch_message(Calls, 9, entries[:1]).buffers == ()  # in-band calls: no extra frame
 
 
 @pytest.mark.parametrize("wire", [
@@ -87,7 +89,7 @@ def test_out_of_band_arguments_travel_as_frames_of_their_own():
 def test_calls_whose_buffers_do_not_match_are_refused(wire):
     message = Calls(1, len(wire), pickle.dumps(wire, 5), (b"one buffer",))
     with pytest.raises(ProtocolError):
-        calls_entries(decode(encode(message)))
+        batch_entries(decode(encode(message)))
 
 
 def test_calls_messages_one_message_when_all_fits_several_when_not():
@@ -97,9 +99,25 @@ def test_calls_messages_one_message_when_all_fits_several_when_not():
     mixed = small + [(6, "f", (b"p", (b"b" * 70_000,)), None), (7, "f", b"c" * 300_000, None)]
     messages, too_large = calls_messages(3, mixed, 200_000)
     assert too_large == [(7, 300_000)]
-    back = [entry for message in messages for entry in calls_entries(message)]
+    back = [entry for message in messages for entry in batch_entries(message)]
     assert [entry[0] for entry in back] == [0, 1, 2, 3, 4, 6]
     assert back[-1][2] == (b"p", (bytearray(b"b" * 70_000),))
+
+
+def test_results_out_of_band_split_by_buffer_count_and_by_size_in_fit_results():
+    buffer = b"r" * 70_000
+    entries = [(i, 0, (b"p%d" % i, (buffer,) * 200), 0.1) for i in range(7)] + [(9, 0, b"ok", 0.2)]
+    messages = results_messages(4, entries)
+    assert [len(m.buffers) for m in messages] == [1000, 400]  # at most 1,024 a message
+    back = [e for m in messages for e in batch_entries(decode([bytes(f) for f in encode(m)]))]
+    assert [e[0] for e in back] == [0, 1, 2, 3, 4, 5, 6, 9] and back[-1] == entries[-1]
+    assert back[3][2] == (b"p3", (bytearray(buffer),) * 200)
+    # a batch over the manager's limit is split, its buffers with their entries
+    small = [(i, 0, (b"q", (b"s" * 100_000,)), 0.1) for i in range(5)]
+    [message] = results_messages(4, small)
+    parts = fit_results(message, encode(message), 300_000)
+    assert len(parts) > 1 and all(sum(len(f) for f in part) <= 300_000 for part in parts)
+    assert sorted(e[0] for part in parts for e in batch_entries(decode(part))) == [0, 1, 2, 3, 4]
 
 
 def test_fit_calls_counts_out_of_band_buffers_in_size_and_number():

@@ -114,13 +114,15 @@ class Poller(Protocol):
 
 
 class _Child:
-    __slots__ = ("pid", "entry", "fd", "buffer", "deadline", "result", "started")
+    __slots__ = ("pid", "entry", "fd", "buffer", "body", "filled", "deadline", "result", "started")
 
     def __init__(self, pid: int, entry: tuple, fd: int, deadline: float | None) -> None:
         self.pid = pid
         self.entry = entry
         self.fd = fd
-        self.buffer = b""
+        self.buffer = b""  # the start of the result, until its length is known
+        self.body: bytearray | None = None  # a large result, filled in place
+        self.filled = 0
         self.deadline = deadline
         self.result: tuple | None = None  # set when the result arrived (or the call ended)
         self.started = time.perf_counter()
@@ -403,34 +405,64 @@ class ForkExecutor:
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
-        view = memoryview(_LENGTH.pack(len(data)) + data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        """Write ``data`` after its length (no concatenated copy of a large result)."""
+        if len(data) < _READ_SIZE:
+            views = [memoryview(_LENGTH.pack(len(data)) + data)]
+        else:
+            views = [memoryview(_LENGTH.pack(len(data))), memoryview(data)]
+        while views:
+            written = os.writev(fd, views)
+            while written:
+                if written >= len(views[0]):
+                    written -= len(views.pop(0))
+                else:
+                    views[0] = views[0][written:]
+                    written = 0
 
     def _read_pipe(self, child: _Child) -> None:
+        """Read what the child's pipe holds: a small result comes in one read; a large one
+        gets a buffer of its result's size, read into in place (no growing copies)."""
         while True:
+            body = child.body
             try:
-                chunk = os.read(child.fd, _READ_SIZE)
+                if body is None:
+                    chunk = os.read(child.fd, _READ_SIZE)
+                    received = len(chunk)
+                else:
+                    received = os.readv(child.fd, [memoryview(body)[child.filled:]])
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
-                chunk = b""
-            if not chunk:  # EOF with no complete result: the child died owing it
+                received = 0
+            if not received:  # EOF with no complete result: the child died owing it
                 self._crashed(child)
                 return
-            buffer = child.buffer = child.buffer + chunk if child.buffer else chunk
-            if len(buffer) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(buffer, 0)
-                if len(buffer) >= _LENGTH.size + length:
-                    entry = pickle.loads(memoryview(buffer)[_LENGTH.size:])
-                    self._close_pipe(child)
-                    self._finish(child, entry)
+            if body is None:
+                data = child.buffer + chunk if child.buffer else chunk
+                if len(data) >= _LENGTH.size:
+                    (length,) = _LENGTH.unpack_from(data, 0)
+                    if len(data) >= _LENGTH.size + length:
+                        self._result_in(child, memoryview(data)[_LENGTH.size:])
+                        return
+                    child.body = bytearray(length)
+                    child.body[:len(data) - _LENGTH.size] = memoryview(data)[_LENGTH.size:]
+                    child.filled = len(data) - _LENGTH.size
+                    data = b""
+                child.buffer = data
+            else:
+                child.filled += received
+                if child.filled == len(body):
+                    self._result_in(child, body)
                     return
-            if len(chunk) < _READ_SIZE:
-                return  # the rest comes with the next readable event
+            if received < _READ_SIZE:
+                return  # the pipe is empty: the rest comes with the next readable event
+
+    def _result_in(self, child: _Child, pickled: bytes | bytearray | memoryview) -> None:
+        entry = pickle.loads(pickled)
+        self._close_pipe(child)
+        self._finish(child, entry)
 
     def _crashed(self, child: _Child) -> None:
         self._close_pipe(child)

@@ -50,14 +50,13 @@ from serverless.protocol import (
     InstanceFailed,
     InstanceReady,
     Message,
-    Results,
     StopInstance,
     StreamDecoder,
-    calls_entries,
+    batch_entries,
     decode,
     encode,
-    encode_batch,
     pack_stream,
+    results_messages,
 )
 from serverless.serialization import loads_by_value
 
@@ -211,7 +210,7 @@ class LibraryRuntime:
         for frames in messages:
             msg = decode(frames)
             if isinstance(msg, Calls):
-                self._executor.submit(calls_entries(msg))
+                self._executor.submit(batch_entries(msg))
             elif isinstance(msg, Cancel):
                 self._executor.cancel(set(msg.call_ids))
             elif isinstance(msg, StopInstance):
@@ -223,11 +222,11 @@ class LibraryRuntime:
     def _flush_results(self) -> None:
         results = self._results
         if results:
-            payload = encode_batch(results)
-            count = len(results)
+            messages = results_messages(self._instance_id, results)
             results.clear()  # the executors hold its append method: keep the same list
             self._held_since = 0.0
-            self._send(Results(self._instance_id, count, payload))
+            for message in messages:
+                self._send(message)
 
     def _send(self, msg: Message) -> None:
         self._sock.sendall(b"".join(pack_stream(encode(msg))))
