@@ -136,13 +136,16 @@ class Scheduler:
             return []  # a stale batch from an instance already written off
         finished = []
         total = 0.0
+        ran = 0  # calls that ran: a call refused before running (duration 0) says nothing
         outstanding = instance.outstanding
         for call_id, status, payload, duration in entries:
             call = outstanding.pop(call_id, None)
             if call is None:
                 continue  # already retried elsewhere or cancelled
             finished.append((call, status, payload, duration))
-            total += duration
+            if duration:
+                total += duration
+                ran += 1
         if not finished:
             return []
         instance.served += len(finished)
@@ -156,10 +159,11 @@ class Scheduler:
         elif self._waiting and not outstanding and not (record and record.pending):
             actions += self._schedule_waiting()
         if record is not None:
-            mean = total / len(finished)
-            previous = record.mean_duration
-            record.mean_duration = mean if previous is None else 0.8 * previous + 0.2 * mean
-            instance.window = self._window(record)
+            if ran:  # the measured run time sizes how far calls are queued ahead (_window)
+                mean = total / ran
+                previous = record.mean_duration
+                record.mean_duration = mean if previous is None else 0.8 * previous + 0.2 * mean
+                instance.window = self._window(record)
             actions += self._schedule(record)
         return actions
 

@@ -75,6 +75,22 @@ def test_an_instance_never_holds_more_than_its_window():
     assert len(s.libraries["lib"].pending) == 1000 - window
 
 
+def test_calls_refused_before_running_do_not_count_in_the_measured_run_time():
+    s = Scheduler()
+    install(s, "lib", slots=1)
+    s.worker_joined("w1", cores=1, memory_mb=1000)
+    deploy = of(DeployInstance, s.submit(calls("lib", 3)))[0]
+    first = of(SendCalls, s.instance_ready(deploy.instance_id))[0]
+    done, refused, left = first.calls
+    s.results(deploy.instance_id, [(done.call_id, int(CallStatus.OK), b"", 0.002)])
+    assert s.libraries["lib"].mean_duration == 0.002
+    s.results(deploy.instance_id, [  # e.g. arguments too large to send: it never ran
+        (refused.call_id, int(CallStatus.ARGUMENTS_TOO_LARGE), b"", 0.0)])
+    assert s.libraries["lib"].mean_duration == 0.002
+    s.results(deploy.instance_id, [(left.call_id, int(CallStatus.OK), b"", 0.004)])
+    assert s.libraries["lib"].mean_duration == pytest.approx(0.8 * 0.002 + 0.2 * 0.004)
+
+
 def test_instances_are_deployed_only_within_a_workers_cores():
     s = Scheduler()
     install(s, "lib", slots=1, cores=1)
