@@ -205,10 +205,10 @@ def _dumps_out_of_band(value: Any) -> Arguments:
     error if neither pickle nor cloudpickle can do it."""
     try:  # the common case: no large buffer, the C pickler alone
         return pickle.dumps(value, _PICKLE, buffer_callback=_small_buffers_only)
-    except _LargeBuffer:
-        pass
-    except Exception:  # not picklable by pickle: cloudpickle below
-        pass
+    except _LargeBuffer:  # pickle got that far: try it again, buffers out of band
+        picklable = True
+    except Exception:  # pickle cannot: straight to cloudpickle, not a second failure
+        picklable = False
     taken: list[bytes] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -221,10 +221,13 @@ def _dumps_out_of_band(value: Any) -> Arguments:
         taken.append(raw.tobytes())  # a copy: the caller may change the array later
         return False
 
-    try:
-        blob = pickle.dumps(value, _PICKLE, buffer_callback=out_of_band)
-    except Exception:
-        taken.clear()
+    blob = None
+    if picklable:
+        try:
+            blob = pickle.dumps(value, _PICKLE, buffer_callback=out_of_band)
+        except Exception:  # something after the first large buffer that pickle cannot do
+            taken.clear()
+    if blob is None:
         blob = cloudpickle.dumps(value, protocol=_PICKLE, buffer_callback=out_of_band)
     if len(taken) >= MAX_CALL_BUFFERS:  # so many that the frames would cost more: in band
         return _dumps_fallback(value)
