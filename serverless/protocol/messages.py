@@ -1,0 +1,383 @@
+"""Protocol messages: each a small frozen dataclass with a tag, and their validated codec.
+
+Each message is a frozen dataclass with a ``TAG``; :data:`MESSAGES` maps tags to classes and
+no other module compares tags. A message travels as a list of frames:
+
+    frame 0   the envelope: ``(tag, field, field, ...)`` pickled with protocol 5
+    frame 1   the opaque payload, for the messages that carry one (``Deploy``, ``Calls``,
+              ``Results``): it is forwarded by the worker agent without being decoded
+    frame 2+  out-of-band buffers (``Calls``, ``Results``), see :mod:`.batches`
+
+Envelopes contain only plain values and are decoded with an unpickler that refuses every
+global (:func:`safe_loads`), so a malformed or hostile frame can raise
+:class:`~serverless.errors.ProtocolError` but cannot run code. :func:`decode` checks the
+tag, the field count and types, ranges (no negative count or id, no float that is not
+finite) and each message's own ``_validate``.
+"""
+
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import math
+import pickle
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import ProtocolError, ProtocolVersionError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_MESSAGE_BYTES",
+    "CallStatus",
+    "Message",
+    "MESSAGES",
+    "Register",
+    "Welcome",
+    "Reject",
+    "Heartbeat",
+    "Deploy",
+    "InstanceReady",
+    "InstanceFailed",
+    "StopInstance",
+    "InstanceStopped",
+    "Calls",
+    "Results",
+    "Cancel",
+    "Shutdown",
+    "Goodbye",
+    "encode",
+    "decode",
+    "safe_loads",
+    "safe_dumps",
+]
+
+PROTOCOL_VERSION = 4  # 2: Welcome carries max_message_bytes; RESULT_TOO_LARGE
+# 3: Register carries the worker's max_message_bytes; ARGUMENTS_TOO_LARGE
+# 4: this round's messages (hardening, security, data); one bump for the whole round
+MAX_MESSAGE_BYTES = 1 << 31  # the default ceiling on one message; configurable per peer
+_PICKLE = 5
+
+
+class CallStatus(enum.IntEnum):
+    """How a call ended, as reported in a result batch entry."""
+
+    OK = 0  # payload: the pickled return value
+    RAISED = 1  # payload: see serialization.encode_exception
+    CRASHED = 2  # payload: safe pickle of (exit_code, detail)
+    TIMEOUT = 3  # payload: safe pickle of (timeout_seconds, detail)
+    OUT_OF_MEMORY = 4  # payload: safe pickle of (limit_mb, detail)
+    CANCELLED = 5  # payload: empty
+    RESULT_NOT_SERIALIZABLE = 6  # payload: utf-8 text of the error
+    BAD_ARGUMENTS = 7  # payload: utf-8 traceback of the failed unpickling
+    UNKNOWN_FUNCTION = 8  # payload: utf-8 name
+    RESULT_TOO_LARGE = 9  # payload: safe pickle of (result_bytes, limit_bytes)
+    ARGUMENTS_TOO_LARGE = 10  # payload: safe pickle of (argument_bytes, limit_bytes); the
+    #                          manager's own verdict on a call it could not send, never on the wire
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles plain values only: any global (class, function) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise ProtocolError(f"refused global {module}.{name} in a protocol frame")
+
+
+def safe_loads(data: bytes | memoryview) -> Any:
+    """Unpickle a frame that may hold only plain values; raise ProtocolError otherwise."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data)).load()
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any malformed input: truncated, bad opcode, recursion...
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+
+
+def safe_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, _PICKLE)
+
+
+# --- messages -------------------------------------------------------------------------
+
+MESSAGES: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of all messages. ``payload`` (when a class has one) travels as its own frame."""
+
+    TAG: ClassVar[str] = ""
+    HAS_PAYLOAD: ClassVar[bool] = False
+    HAS_BUFFERS: ClassVar[bool] = False  # frames after the payload (Calls)
+    _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]] = ()
+
+    def _validate(self) -> None:
+        """Checks beyond field types (override); raise ProtocolError."""
+
+
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (float, int),
+    str: (str,),
+    bytes: (bytes,),
+    bool: (bool,),
+    tuple: (tuple,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _field_check(hint: Any) -> tuple[type, ...]:
+    """The isinstance() check for a field annotation like ``int`` or ``str | None``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        allowed: tuple[type, ...] = ()
+        for arg in typing.get_args(hint):
+            allowed += (type(None),) if arg is type(None) else _field_check(arg)
+        return allowed
+    if origin is not None:
+        hint = origin
+    try:
+        return _SIMPLE_TYPES[hint]
+    except KeyError:
+        raise TypeError(f"protocol fields must be plain types, not {hint!r}") from None
+
+
+def message(tag: str) -> typing.Callable[[type], type]:
+    """Register a message class under ``tag`` and precompute its field checks."""
+
+    def register(cls: type) -> type:
+        if tag in MESSAGES:
+            raise ValueError(f"duplicate message tag {tag!r}")
+        cls.TAG = tag
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("payload", "buffers")]
+        cls.HAS_PAYLOAD = "payload" in fields
+        cls.HAS_BUFFERS = "buffers" in fields
+        cls._CHECKS = tuple((name, _field_check(hints[name])) for name in names)
+        MESSAGES[tag] = cls
+        return cls
+
+    return register
+
+
+@message("register")
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    """worker -> manager, first message: who I am and what I offer."""
+
+    version: int
+    name: str
+    hostname: str
+    pid: int
+    cores: float
+    memory_mb: int
+    python: str
+    max_message_bytes: int  # the largest message the worker accepts: keep call batches under it
+
+
+@message("welcome")
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """manager -> worker: registered; heartbeat settings both sides use."""
+
+    worker_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    max_message_bytes: int  # the largest message the manager accepts: keep results under it
+
+
+@message("reject")
+@dataclass(frozen=True, slots=True)
+class Reject(Message):
+    """manager -> worker: not registered (wrong version, bad resources...); the worker exits."""
+
+    reason: str
+
+
+@message("heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """either way: I am alive (sent when nothing else was sent for an interval)."""
+
+
+@message("deploy")
+@dataclass(frozen=True, slots=True)
+class Deploy(Message):
+    """manager -> worker -> library: start an instance of a library.
+
+    ``payload`` is the serialized library (functions, imports, setup), opaque to the agent.
+    ``options`` holds what the agent needs to start and watch the process.
+    """
+
+    instance_id: int
+    library: str
+    mode: str
+    slots: int
+    cores: float
+    memory_mb: int
+    options: dict
+    payload: bytes = b""
+
+    def _validate(self) -> None:
+        python = self.options.get("python")
+        env = self.options.get("env", {})
+        if python is not None and not isinstance(python, str):
+            raise ProtocolError("deploy.options.python: not a string")
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ProtocolError("deploy.options.env: not a dict of strings")
+
+
+@message("instance-ready")
+@dataclass(frozen=True, slots=True)
+class InstanceReady(Message):
+    """library -> worker -> manager: imports and setup done, calls may come."""
+
+    instance_id: int
+    pid: int
+
+
+@message("instance-failed")
+@dataclass(frozen=True, slots=True)
+class InstanceFailed(Message):
+    """library or worker -> manager: the instance failed to start, or died."""
+
+    instance_id: int
+    reason: str
+    traceback: str
+    during_start: bool
+
+
+@message("stop-instance")
+@dataclass(frozen=True, slots=True)
+class StopInstance(Message):
+    """manager -> worker -> library: finish nothing more, stop the instance."""
+
+    instance_id: int
+
+
+@message("instance-stopped")
+@dataclass(frozen=True, slots=True)
+class InstanceStopped(Message):
+    """worker -> manager: a stop asked for is done; its resources are free."""
+
+    instance_id: int
+
+
+@message("calls")
+@dataclass(frozen=True, slots=True)
+class Calls(Message):
+    """manager -> worker -> library: a batch of calls for one instance.
+
+    ``buffers`` are the calls' out-of-band argument buffers, one frame each after the
+    payload, in the order of the entries that name them (see :func:`batch_message`).
+    """
+
+    instance_id: int
+    count: int
+    payload: bytes = b""
+    buffers: tuple = ()
+
+
+@message("results")
+@dataclass(frozen=True, slots=True)
+class Results(Message):
+    """library -> worker -> manager: a batch of finished calls (``buffers``: as in Calls)."""
+
+    instance_id: int
+    count: int
+    payload: bytes = b""
+    buffers: tuple = ()
+
+
+@message("cancel")
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """manager -> worker -> library: stop these calls (queued or running)."""
+
+    instance_id: int
+    call_ids: tuple
+
+    def _validate(self) -> None:
+        if not all(type(call_id) is int for call_id in self.call_ids):
+            raise ProtocolError("cancel.call_ids: not all ints")
+
+
+@message("shutdown")
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """manager -> worker: stop all instances and exit."""
+
+    reason: str
+
+
+@message("goodbye")
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """worker -> manager: I am leaving; what I held must go elsewhere."""
+
+    reason: str
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for ``msg``: the envelope, then the payload if the message has one."""
+    cls = type(msg)
+    envelope = (cls.TAG, *(getattr(msg, name) for name, _ in cls._CHECKS))
+    frames = [pickle.dumps(envelope, _PICKLE)]
+    if cls.HAS_PAYLOAD:
+        frames.append(msg.payload)  # type: ignore[attr-defined]
+    if cls.HAS_BUFFERS:
+        frames.extend(msg.buffers)  # type: ignore[attr-defined]
+    return frames
+
+
+def decode(frames: Sequence[bytes | memoryview]) -> Message:
+    """The message in ``frames``; ProtocolError if anything about it is wrong."""
+    if not frames:
+        raise ProtocolError("empty message")
+    envelope = safe_loads(frames[0])
+    if not isinstance(envelope, tuple) or not envelope or type(envelope[0]) is not str:
+        raise ProtocolError("envelope is not a tagged tuple")
+    cls = MESSAGES.get(envelope[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {envelope[0][:40]!r}")
+    values = envelope[1:]
+    try:
+        _check_fields(cls, values)
+    except ProtocolError:
+        if cls is Register and values and type(values[0]) is int and values[0] != PROTOCOL_VERSION:
+            raise ProtocolVersionError(
+                f"protocol version {values[0]} is not {PROTOCOL_VERSION}: run the same "
+                "serverless version on the manager and the workers", values[0]) from None
+        raise
+    expected_frames = 2 if cls.HAS_PAYLOAD else 1
+    if len(frames) != expected_frames and not (cls.HAS_BUFFERS and len(frames) > expected_frames):
+        raise ProtocolError(f"{cls.TAG}: expected {expected_frames} frames, got {len(frames)}")
+    if cls.HAS_BUFFERS:
+        msg = cls(*values, payload=frames[1], buffers=tuple(frames[2:]))  # type: ignore[call-arg]
+    elif cls.HAS_PAYLOAD:
+        msg = cls(*values, payload=frames[1])  # type: ignore[call-arg]
+    else:
+        msg = cls(*values)
+    msg._validate()
+    return msg
+
+
+def _check_fields(cls: type[Message], values: tuple) -> None:
+    if len(values) != len(cls._CHECKS):
+        raise ProtocolError(f"{cls.TAG}: expected {len(cls._CHECKS)} fields, got {len(values)}")
+    for value, (name, allowed) in zip(values, cls._CHECKS):
+        if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
+            raise ProtocolError(f"{cls.TAG}.{name}: unexpected {type(value).__name__}")
+        if isinstance(value, (int, float)) and not 0 <= value < math.inf:
+            raise ProtocolError(f"{cls.TAG}.{name}: {value!r} is out of range")
