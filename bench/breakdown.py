@@ -78,7 +78,7 @@ class _LatencyMarks:
             wrap(loop.ManagerLoop, "_send", "sent", lambda a: type(a[2]).__name__ == "Calls")
             wrap(loop.ManagerLoop, "_from_worker", "received",
                  lambda a: type(a[3]).__name__ == "Results")
-            wrap(loop, "_settle", "settled")
+            wrap(loop, "resolve", "settled")
         except AttributeError:
             self.uninstall()
             return False

@@ -11,20 +11,32 @@ second that nobody has waited on yet:
 * its ``threading.Condition`` (with the ``RLock`` inside) is made on first use, by a
   thread that waits, cancels or adds a callback; most futures never need one; the same
   goes for its lists of waiters and callbacks;
-* the manager loop settles it with :meth:`CallFuture._settle`, which takes one lock shared
+* the manager loop ends it with :meth:`CallFuture._finish`, which takes one lock shared
   by all call futures (:data:`_CREATE_LOCK`) instead: a future that has no condition yet
   has no waiter and no callback, so setting its state under that lock is all it takes;
-  one that has a condition goes the usual way (``set_result`` under the condition);
+  one that has a condition is set under it, and its waiters are told, as ``set_result``
+  does;
 * ``done()``, ``cancelled()``, ``result()`` and ``exception()`` of a finished future read
   its state without locking (a single attribute read is atomic).
 
 Why it is race-free: a condition is only created under :data:`_CREATE_LOCK`, and whoever
-creates it checks the state only after acquiring it, so either ``_settle`` saw the
+creates it checks the state only after acquiring it, so either ``_finish`` saw the
 condition (and notifies through it) or the waiter sees the finished state.
+
+Done-callbacks never run on the manager's I/O thread: a callback may block, submit more
+calls, or shut the manager down (Parsl's DataFlowKernel launches dependent tasks from
+them). :func:`run_callbacks` hands the future to one daemon thread,
+``serverless-callbacks``, which runs its callbacks in the order the futures ended; an
+exception a callback raises (even a ``BaseException``) is logged there and the next
+callback runs. A callback added to a future that has already ended runs at once in the
+thread that adds it, and a cancel runs them in the cancelling thread, as
+``concurrent.futures`` does.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,7 +49,9 @@ from concurrent.futures._base import (
 )
 from typing import Any
 
-__all__ = ["CallFuture", "PENDING"]
+__all__ = ["CallFuture", "PENDING", "run_callbacks"]
+
+log = logging.getLogger("serverless.manager")
 
 _CREATE_LOCK = threading.Lock()  # guards creating a future's condition and the fast settle
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -78,13 +92,29 @@ class CallFuture(Future):
         return self.__dict__.setdefault("_lazy_done_callbacks", [])
 
     def cancel(self) -> bool:
+        """Cancel the call unless it has finished; waiters and callbacks are told at once.
+
+        ``concurrent.futures.Future.cancel`` leaves the state CANCELLED and tells no
+        waiter: only an executor's ``set_running_or_notify_cancel`` would, and a call's
+        future is never run that way. So this goes straight to CANCELLED_AND_NOTIFIED and
+        notifies the waiters of ``wait()`` and ``as_completed()`` itself.
+        """
         if self._state == FINISHED:  # final: no lock needed to say no
             return False
-        cancelled = super().cancel()
-        if cancelled and self._on_cancel is not None:
-            on_cancel, self._on_cancel = self._on_cancel, None
+        with self._condition:
+            if self._state in (FINISHED, RUNNING):
+                return False
+            if self._state in _CANCELLED:
+                return True
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        on_cancel, self._on_cancel = self._on_cancel, None
+        if on_cancel is not None:
             on_cancel(self)
-        return cancelled
+        self._invoke_callbacks()  # in the cancelling thread, as concurrent.futures does
+        return True
 
     # --- lock-free reads of a settled state -------------------------------------------
 
@@ -114,13 +144,17 @@ class CallFuture(Future):
 
     # --- settling (the manager loop) --------------------------------------------------
 
-    def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
-        """Finish the future unless it is already done (cancelled by the user)."""
-        if self._state in _DONE:
+    def _finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        """End the future with ``value`` or ``error`` unless it has ended (cancelled).
+
+        Waiters are woken here; done-callbacks run on the callback thread (see
+        :func:`run_callbacks`), never in the caller, which is the manager's I/O thread.
+        """
+        if self._state != PENDING:
             return
         with _CREATE_LOCK:
             if "_lazy_condition" not in self.__dict__:  # no waiter, no callback: just set it
-                if self._state in _DONE:
+                if self._state != PENDING:
                     return
                 if error is None:
                     self._result = value
@@ -128,13 +162,60 @@ class CallFuture(Future):
                     self._exception = error
                 self._state = FINISHED
                 return
-        try:
+        with self._condition:
+            if self._state != PENDING:
+                return
             if error is None:
-                self.set_result(value)
+                self._result = value
             else:
-                self.set_exception(error)
-        except Exception:  # InvalidStateError: cancelled in between
-            pass
+                self._exception = error
+            self._state = FINISHED
+            for waiter in self._waiters:
+                if error is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            self._condition.notify_all()
+        # once FINISHED, add_done_callback runs a new callback itself: this list is final
+        if self.__dict__.get("_lazy_done_callbacks"):
+            run_callbacks(self)
 
     def __repr__(self) -> str:
         return f"<CallFuture #{self.call_id} {self.library}.{self.function} {self._state.lower()}>"
+
+
+class _CallbackThread:
+    """The thread that runs done-callbacks of futures the manager loop ended."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, future: Future) -> None:
+        self._queue.put(future)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="serverless-callbacks",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            future = get()
+            for callback in future._done_callbacks:
+                try:
+                    callback(future)
+                except BaseException:  # a callback's SystemExit must not end this thread
+                    log.exception("a done-callback of %r raised", future)
+            del future
+
+
+_CALLBACKS = _CallbackThread()
+
+
+def run_callbacks(future: Future) -> None:
+    """Run ``future``'s done-callbacks on the callback thread (it has ended)."""
+    _CALLBACKS.submit(future)

@@ -23,27 +23,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from serverless.errors import (
-    ArgumentNotSerializable,
-    ArgumentsTooLarge,
-    CallCancelled,
-    CallCrashed,
-    CallOutOfMemory,
-    CallTimeout,
-    ProtocolError,
-    ProtocolVersionError,
-    ResultNotSerializable,
-    ResultTooLarge,
-    SerializationError,
-    ServerlessError,
-    UnknownFunction,
-)
+from serverless.errors import ManagerClosed, ProtocolError, ProtocolVersionError
 from serverless.protocol import (
     PROTOCOL_VERSION,
     CallStatus,
@@ -67,9 +52,8 @@ from serverless.protocol import (
     decode,
     encode,
     safe_dumps,
-    safe_loads,
 )
-from serverless.serialization import decode_exception, loads_result
+from serverless.outcomes import outcome
 from serverless.security import CurveKeys
 from serverless.transport import bind_router, new_context
 
@@ -116,9 +100,17 @@ class ManagerLoop:
         self.local_workers = local_workers
         self.scheduler = scheduler
         self._context = new_context()
-        self._sock, self.endpoint = bind_router(  # keys: CURVE + ZAP, see transport
-            self._context, config.host, config.port, config.max_message_bytes, keys)
+        try:
+            self._sock, self.endpoint = bind_router(  # keys: CURVE + ZAP, see transport
+                self._context, config.host, config.port, config.max_message_bytes, keys)
+        except BaseException:  # e.g. the port is in use: leave no context (and thread) behind
+            self._context.term()
+            raise
         self._commands: deque[tuple[str, Any]] = deque()
+        # held across "is the loop still taking commands?" and the append, so nothing is
+        # queued after the loop has drained the deque for the last time
+        self._commands_lock = threading.Lock()
+        self._closed_reason: str | None = None  # set once the loop takes no more commands
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -126,9 +118,8 @@ class ManagerLoop:
         self._wake_pending = False  # a byte is in the wake-up pipe, the loop will see it
         self._workers: dict[bytes, WorkerInfo] = {}
         self._told_to_stop: set[int] = set()  # pids of workers sent Shutdown
-        self._stopping = False
+        self._stop_reason: str | None = None  # set by the "stop" command: the loop ends
         self._stopped = threading.Event()
-        self._on_tick: list[Callable[[], None]] = []
         self._idle_waiters: list[threading.Event] = []  # set once no call is unfinished
         self.thread = threading.Thread(target=self._run, name="serverless-manager", daemon=True)
 
@@ -138,7 +129,11 @@ class ManagerLoop:
         self.thread.start()
 
     def command(self, kind: str, value: Any = None) -> None:
-        self._commands.append((kind, value))
+        """Queue a command for the loop; raise ManagerClosed if it has stopped taking them."""
+        with self._commands_lock:
+            if self._closed_reason is not None:
+                raise ManagerClosed(self._closed_reason)
+            self._commands.append((kind, value))
         if self._sleeping and not self._wake_pending:
             self._wake_pending = True
             try:
@@ -146,20 +141,32 @@ class ManagerLoop:
             except BlockingIOError:
                 pass  # the pipe is full: the loop is being woken anyway
 
-    def every_tick(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` in the loop thread at every tick (used for local workers)."""
-        self._on_tick.append(callback)
-
     def workers(self) -> list[WorkerInfo]:
         return list(self._workers.values())
 
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the loop takes no more commands, or None while it does."""
+        return self._closed_reason
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to fail what is unfinished, stop the local workers and end."""
+        try:
+            self.command("stop", reason)
+        except ManagerClosed:
+            pass  # stopping or stopped already
+
     def join(self, timeout: float | None = None) -> bool:
+        """Wait until the loop thread has ended; False if ``timeout`` passed first."""
         return self._stopped.wait(timeout)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every call submitted so far has finished (or the loop stopped)."""
         idle = threading.Event()
-        self.command("when_idle", idle)
+        try:
+            self.command("when_idle", idle)
+        except ManagerClosed:
+            return True
         end = None if timeout is None else time.monotonic() + timeout
         while not idle.wait(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))):
             if self._stopped.is_set() or (end is not None and time.monotonic() >= end):
@@ -169,37 +176,45 @@ class ManagerLoop:
     # --- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        reason = "the manager shut down"
+        try:
+            self._serve()
+            reason = self._stop_reason or reason
+        except BaseException as exc:  # noqa: BLE001  # whatever ends the loop, fail every call
+            log.critical("the manager loop failed; failing every call", exc_info=True)
+            reason = f"the manager's loop failed ({type(exc).__name__}: {exc})"
+        finally:
+            try:
+                self._close(reason)
+            finally:
+                self._stopped.set()
+
+    def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         tick_every = min(0.1, self.config.heartbeat_interval / 2)
         next_tick = time.monotonic()
-        try:
-            if self.local_workers is not None:  # from this thread: they die with it
-                self.local_workers.start(str(self.endpoint))
-            while not self._stopping:
-                self._sleeping = True
-                timeout = 0 if self._commands else max(0.0, next_tick - time.monotonic())
-                events = dict(poller.poll(poll_milliseconds(timeout)))
-                self._sleeping = False
-                if self._wake_r in events:
-                    self._drain_wake()
-                    self._wake_pending = False
-                if self._sock in events:
-                    self._read_workers()
-                if self._commands:
-                    self._run_commands()
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._tick(now)
-                    next_tick = now + tick_every
-                if self._idle_waiters and not self._has_unfinished():
-                    self._release_idle_waiters()
-        except Exception:
-            log.exception("the manager loop failed; failing every call")
-            self._perform(self.scheduler.shutdown())
-        finally:
-            self._close()
+        if self.local_workers is not None:  # from this thread: they die with it
+            self.local_workers.start(str(self.endpoint))
+        while self._stop_reason is None:
+            self._sleeping = True
+            timeout = 0 if self._commands else max(0.0, next_tick - time.monotonic())
+            events = dict(poller.poll(poll_milliseconds(timeout)))
+            self._sleeping = False
+            if self._wake_r in events:
+                self._drain_wake()
+                self._wake_pending = False
+            if self._sock in events:
+                self._read_workers()
+            if self._commands:
+                self._run_commands()
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + tick_every
+            if self._idle_waiters and not self._has_unfinished():
+                self._release_idle_waiters()
 
     def _drain_wake(self) -> None:
         try:
@@ -262,8 +277,6 @@ class ManagerLoop:
                 self._drop_worker(identity, f"no heartbeat for {timeout:.1f} s")
             elif now - worker.last_sent >= interval:
                 self._send(identity, Heartbeat())
-        for callback in self._on_tick:
-            callback()
 
     # --- from workers -----------------------------------------------------------------
 
@@ -366,11 +379,11 @@ class ManagerLoop:
                 self._send_calls(action.worker_id, action.instance_id, entries)
             elif isinstance(action, CallsFinished):
                 for call, status, payload, _duration in action.results:
-                    _settle(call, status, payload)
+                    resolve(call, status, payload)
             elif isinstance(action, CallsFailed):
                 error = action.error
                 for call in action.calls:
-                    call.future._settle(error=copy.copy(error))
+                    call.future._finish(error=copy.copy(error))
             elif isinstance(action, DeployInstance):
                 self._deploy(action)
             elif isinstance(action, StopInstanceAction):
@@ -433,31 +446,62 @@ class ManagerLoop:
     # --- stopping ---------------------------------------------------------------------
 
     def _shutdown(self, reason: str) -> None:
+        self._stop_reason = reason
         self._perform(self.scheduler.shutdown())
         self._tell_workers_to_stop(reason)
         self._workers.clear()
-        self._stopping = True
 
     def _tell_workers_to_stop(self, reason: str) -> None:
         for identity, worker in list(self._workers.items()):
             self._send(identity, Shutdown(reason))
             self._told_to_stop.add(worker.pid)
 
-    def _close(self) -> None:
-        self._perform(self.scheduler.shutdown())
+    def _close(self, reason: str) -> None:
+        """End of the loop, however it came: fail every call, stop workers, free resources.
+
+        Each step is guarded, so one failing (a socket error, a worker that will not stop)
+        does not leave the futures of the next step pending.
+        """
+        with self._commands_lock:  # from here on, command() raises ManagerClosed
+            self._closed_reason = reason
+            leftovers = list(self._commands)
+            self._commands.clear()
+        closed = ManagerClosed(f"{reason} before the call finished")
+        for step in (lambda: self._fail_everything(leftovers, closed),
+                     self._stop_local_workers,
+                     lambda: self._sock.close(linger=500),  # let Shutdown messages go out
+                     self._context.term,
+                     lambda: os.close(self._wake_r),
+                     lambda: os.close(self._wake_w),
+                     self._release_idle_waiters):
+            try:
+                step()
+            except BaseException:  # noqa: BLE001
+                log.exception("while stopping the manager loop")
+
+    def _fail_everything(self, leftovers: list[tuple[str, Any]], error: ManagerClosed) -> None:
+        """Fail the calls still queued as commands and every call the scheduler holds."""
+        calls = []
+        for kind, value in leftovers:
+            if kind == "call":
+                calls.append(value)
+            elif kind == "calls":
+                calls += value
+            elif kind == "when_idle":
+                self._idle_waiters.append(value)
+        try:
+            for action in self.scheduler.shutdown():
+                if isinstance(action, CallsFailed):
+                    calls += action.calls
+        finally:  # even if the scheduler's state is broken, the queued calls end
+            for call in calls:
+                call.future._finish(error=copy.copy(error))
+
+    def _stop_local_workers(self) -> None:
         if self.local_workers is not None:
             self._tell_workers_to_stop("the manager stopped")
             # the socket stays open while they stop; one never registered gets SIGTERM at once
             self.local_workers.stop(grace=5.0, told_to_stop=self._told_to_stop)
-        self._sock.close(linger=500)  # let Shutdown messages to remote workers go out
-        self._context.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._release_idle_waiters()
-        self._stopped.set()
-
-
-_OK = int(CallStatus.OK)
 
 
 def poll_milliseconds(seconds: float) -> int:
@@ -469,56 +513,10 @@ def poll_milliseconds(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
 
-def _settle(call: CallRecord, status: int, payload: bytes) -> None:
-    """Resolve a call's future from its result entry."""
+def resolve(call: CallRecord, status: int, payload: Any) -> None:
+    """End a call's future from its result entry (see serverless.outcomes)."""
     future = call.future
     if future._state != PENDING:  # cancelled by the user meanwhile
         return
-    if status == _OK:
-        try:
-            value = loads_result(payload)
-        except SerializationError as exc:
-            future._settle(error=exc)
-            return
-        future._settle(value)
-        return
-    future._settle(error=_error_for(call, status, payload))
-
-
-def _error_for(call: CallRecord, status: int, payload: bytes) -> BaseException:
-    name = f"{call.library}.{call.function}"
-    try:
-        if status == CallStatus.RAISED:
-            return decode_exception(payload)
-        if status == CallStatus.CRASHED:
-            exit_code, detail = safe_loads(payload)
-            return CallCrashed(exit_code, detail or name)
-        if status == CallStatus.TIMEOUT:
-            seconds, _ = safe_loads(payload)
-            return CallTimeout(f"{name} ran over its timeout of {seconds:g} s and was stopped")
-        if status == CallStatus.OUT_OF_MEMORY:
-            limit, _ = safe_loads(payload)
-            return CallOutOfMemory(f"{name} went over the memory limit of {limit} MB and was killed")
-        if status == CallStatus.CANCELLED:
-            return CallCancelled(f"{name} was cancelled")
-        if status == CallStatus.RESULT_NOT_SERIALIZABLE:
-            return ResultNotSerializable(bytes(payload).decode(errors="replace"))
-        if status == CallStatus.BAD_ARGUMENTS:
-            return ArgumentNotSerializable(
-                f"{name}: the arguments could not be unpickled on the worker:\n"
-                + bytes(payload).decode(errors="replace"))
-        if status == CallStatus.RESULT_TOO_LARGE:
-            size, limit = safe_loads(payload)
-            return ResultTooLarge(f"{name} returned {size:,} bytes, over the manager's limit of "
-                                  f"{limit:,} (max_message_bytes): return less, or raise the limit",
-                                  size, limit)
-        if status == CallStatus.ARGUMENTS_TOO_LARGE:
-            size, limit = safe_loads(payload)
-            return ArgumentsTooLarge(f"{name}: the pickled arguments are {size:,} bytes, over the "
-                                     f"limit of {limit:,} of the worker chosen to run it "
-                                     "(its --max-message-bytes)", size, limit)
-        if status == CallStatus.UNKNOWN_FUNCTION:
-            return UnknownFunction(f"library {call.library!r} has no function {call.function!r}")
-    except (ProtocolError, ValueError, TypeError) as exc:
-        return ProtocolError(f"{name}: undecodable result ({exc})")
-    return ServerlessError(f"{name}: unknown result status {status}")
+    value, error = outcome(status, payload, call.library, call.function)
+    future._finish(value, error)

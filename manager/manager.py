@@ -9,12 +9,15 @@ futures as results come back. The functions themselves travel once per library i
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import logging
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -70,20 +73,35 @@ class Manager:
         self._argument_room = call_budget(self.config.max_message_bytes) - 65536
         self._lock = threading.Lock()
         self._closed = False
+        made_log_dir = self.config.log_dir is None
         self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
-        self._secret = ManagerSecret(self.config.secret, self.config.secret_file)
-        count = 1 if self.config.local_workers is None else self.config.local_workers
-        local = None
-        if count:
-            local = LocalWorkers(count, self.config.local_cores, self.config.local_memory_mb,
-                                 self._log_dir, connect_timeout=self.config.heartbeat_timeout,
-                                 secret_file=self._secret.file)
-        self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
-                                    self.config.max_start_failures, self.config.start_backoff)
-        self._loop = ManagerLoop(self.config, self._scheduler, local, keys=self._secret.keys)
+        self._secret: ManagerSecret | None = None
+        try:  # a constructor that fails leaves no directory, socket, thread or process
+            self._secret = ManagerSecret(self.config.secret, self.config.secret_file)
+            count = 1 if self.config.local_workers is None else self.config.local_workers
+            local = None
+            if count:
+                local = LocalWorkers(count, self.config.local_cores, self.config.local_memory_mb,
+                                     self._log_dir, connect_timeout=self.config.heartbeat_timeout,
+                                     secret_file=self._secret.file)
+            self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
+                                        self.config.max_start_failures, self.config.start_backoff)
+            self._loop = ManagerLoop(self.config, self._scheduler, local, keys=self._secret.keys)
+        except BaseException:
+            self._closed = True
+            if self._secret is not None:
+                self._secret.cleanup()
+            if made_log_dir:
+                shutil.rmtree(self._log_dir, ignore_errors=True)
+            raise
         # one callable shared by every future (not a bound method each), holding the loop only
         self._on_cancel = functools.partial(_tell_loop_cancelled, self._loop)
         self._loop.start()
+        # a Manager dropped or left open at exit stops its loop without joining it from the
+        # garbage collector (which may run on the loop thread itself); see _abandon
+        self._finalizer = weakref.finalize(self, _abandon, self._loop, self._secret)
+        self._finalizer.atexit = False  # at exit, _stop_at_exit joins with a bound instead
+        _LIVE.add(self._loop)
 
     # --- properties -------------------------------------------------------------------
 
@@ -103,7 +121,7 @@ class Manager:
         """The file holding the secret, for ``serverless-worker --secret-file`` (None: no
         secret). A secret given in memory or generated is written there with mode 0600, in
         a private directory removed at shutdown."""
-        return self._secret.file
+        return self._secret.file if self._secret is not None else None
 
     def libraries(self) -> list[str]:
         return sorted(self._libraries)
@@ -209,6 +227,9 @@ class Manager:
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosed("the manager is shut down")
+        reason = self._loop.closed_reason
+        if reason is not None:  # the loop ended on its own (it failed)
+            raise ManagerClosed(reason)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: float | None = None) -> None:
@@ -216,17 +237,22 @@ class Manager:
 
         With ``wait`` (and not ``cancel_futures``), first wait up to ``timeout`` seconds
         for every call made so far to finish. Whatever is still unfinished then fails
-        with :class:`~serverless.ManagerClosed`; no future is left pending.
+        with :class:`~serverless.ManagerClosed`; no future is left pending. Safe to call
+        from any thread, from a done-callback, and more than once; it never waits forever
+        for the loop thread (at most :data:`JOIN_TIMEOUT` seconds).
         """
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-        if wait and not cancel_futures:
+        if threading.current_thread() is self._loop.thread:
+            self._loop.stop("the manager shut down")  # it cannot wait for itself
+            return
+        if first and wait and not cancel_futures:
             self._loop.wait_idle(timeout)
-        self._loop.command("stop", "the manager shut down")
-        self._loop.join()
+        _stop_and_join(self._loop, "the manager shut down")
+        assert self._secret is not None
         self._secret.cleanup()
+        self._finalizer.detach()
 
     close = shutdown
 
@@ -236,16 +262,47 @@ class Manager:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            try:
-                self.shutdown(wait=False)
-            except Exception:
-                pass
+
+JOIN_TIMEOUT = 30.0  # seconds: the loop stops local workers within about 10 s (grace, SIGKILL)
+
+_LIVE: set[ManagerLoop] = set()  # loops not yet stopped by shutdown(), for _stop_at_exit
+
+
+def _stop_and_join(loop: ManagerLoop, reason: str) -> None:
+    loop.stop(reason)
+    if not loop.join(JOIN_TIMEOUT):
+        log.error("the manager loop did not stop within %.0f s; giving up on it", JOIN_TIMEOUT)
+    _LIVE.discard(loop)
+
+
+def _abandon(loop: ManagerLoop, secret: ManagerSecret) -> None:
+    """A Manager was garbage-collected without shutdown(): stop its loop, do not wait.
+
+    This may run in any thread (the loop's own included), so it only queues the stop;
+    the loop fails what is unfinished and stops its local workers by itself.
+    """
+    loop.stop("the Manager was garbage-collected without shutdown()")
+    _LIVE.discard(loop)
+    secret.cleanup()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """At interpreter exit, stop every manager left open, each within JOIN_TIMEOUT.
+
+    Like ProcessPoolExecutor's exit hook, except that unfinished calls are not waited
+    for: they fail with ManagerClosed and the local workers are stopped, so a script that
+    never calls shutdown() exits at once and leaves no process behind.
+    """
+    for loop in list(_LIVE):
+        _stop_and_join(loop, "the program exited without Manager.shutdown()")
 
 
 def _tell_loop_cancelled(loop: ManagerLoop, future: CallFuture) -> None:
-    loop.command("cancel", future.record)
+    try:
+        loop.command("cancel", future.record)
+    except ManagerClosed:
+        pass  # the loop has ended: it failed or dropped the call already
 
 
 def _results_in_order(futures: list[Future], timeout: float | None) -> Iterator[Any]:

@@ -18,7 +18,7 @@ import pytest
 
 import serverless
 from serverless.manager.future import CallFuture
-from serverless.manager.loop import _settle
+from serverless.manager.loop import resolve
 from serverless.manager.records import CallRecord, CallsFinished, SendCalls
 from serverless.manager.scheduler import Scheduler
 from serverless.protocol import (
@@ -116,5 +116,5 @@ def test_result_decoding_settles_the_future(benchmark) -> None:
         calls.append(_call(len(calls)))
         return (calls[-1], int(CallStatus.OK), payload), {}
 
-    benchmark.pedantic(_settle, setup=new_call, rounds=2000 if benchmark.enabled else 1)
+    benchmark.pedantic(resolve, setup=new_call, rounds=2000 if benchmark.enabled else 1)
     assert calls and all(c.future.done() and c.future.result() == {"answer": 42} for c in calls)
