@@ -424,6 +424,8 @@ class ManagerLoop:
         options = {"env": dict(spec.env)}
         if spec.python:
             options["python"] = spec.python
+        if spec.environment is not None:
+            options["environment"] = spec.environment.describe()
         return Deploy(action.instance_id, spec.name, spec.mode, spec.slots, float(spec.cores),
                       int(spec.memory_mb), options, record.blob)
 

@@ -40,6 +40,7 @@ from .errors import (
     UnknownLibrary,
     WorkerLost,
 )
+from .environment import Environment
 from .library import Library
 from .protocol import PROTOCOL_VERSION
 
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Library",
+    "Environment",
     "Manager",
     "ManagerConfig",
     "SchedulingPolicy",

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dis
 import math
+import os
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .environment import Environment
 from .serialization import dumps_by_value
 
 __all__ = ["Library", "LibraryPayload", "discover_imports", "MODES"]
@@ -134,6 +136,9 @@ class Library:
         max_instances: at most this many instances at once (None: as many as fit).
         env: environment variables set in the instance process.
         python: the interpreter that runs instances (default: the worker's own).
+        environment: a :class:`serverless.Environment` (or the path of one) whose interpreter
+            runs instances: a packed archive sent to workers and unpacked once per node,
+            or an environment directory visible to every worker.
         discover: also import the modules the functions import in their bodies.
     """
 
@@ -150,6 +155,7 @@ class Library:
     env: Mapping[str, str] = field(default_factory=dict)
     python: str | None = None
     discover: bool = True
+    environment: Environment | str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -178,6 +184,11 @@ class Library:
         if self.setup is not None and not callable(self.setup):
             raise TypeError("setup must be callable")
         self.env = dict(self.env)
+        if self.environment is not None and not isinstance(self.environment, Environment):
+            self.environment = Environment(self.environment)
+        if self.environment is not None and self.python is not None:
+            raise ValueError("give python= or environment=, not both: an environment brings "
+                             "its own interpreter")
 
     def payload(self) -> LibraryPayload:
         discovered = discover_imports(self.functions.values()) if self.discover else []

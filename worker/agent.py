@@ -63,6 +63,8 @@ from serverless.protocol import (
 from serverless.security import CurveKeys
 from serverless.transport import connect_dealer, new_context
 
+from .env_launch import launch_spec
+from .environments import default_env_dir
 from .library_handle import LibraryHandle
 from .processes import set_title
 
@@ -86,6 +88,7 @@ class WorkerConfig:
     stop_grace: float = 3.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
     curve_keys: CurveKeys | None = None  # from the secret: CURVE to the manager (transport)
+    env_dir: Path = field(default_factory=default_env_dir)  # environments, shared by the node
 
 
 class _Terminate(BaseException):
@@ -234,6 +237,7 @@ class WorkerAgent:
                 msg.instance_id, msg.library, msg.options.get("python"),
                 dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
                 max(self.config.max_message_bytes, MAX_MESSAGE_BYTES),  # big results fail alone
+                launch_spec(msg.options.get("environment"), self.config.env_dir),
             )
         except Exception as exc:
             self._send(InstanceFailed(

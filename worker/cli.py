@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a name for this worker (default: hostname-pid)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where library logs go (default: a new temporary directory)")
+    parser.add_argument("--env-dir", type=Path, default=None, metavar="DIR",
+                        help="where environments are unpacked, once per node: give every "
+                             "worker of a node the same one (default: $SERVERLESS_ENV_DIR, "
+                             "else ~/.cache/serverless/environments)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="give up if the manager does not answer within this time")
     parser.add_argument("--secret-file", type=Path, default=None, metavar="FILE",
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_bytes,
         curve_keys=keys,
     )
+    if args.env_dir is not None:
+        config.env_dir = args.env_dir.expanduser().absolute()
     return WorkerAgent(config).run()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from serverless.protocol import StreamDecoder, pack_stream
 
+from .env_launch import launch_command, launch_variables
 from .processes import library_environment
 
 __all__ = ["LibraryHandle"]
@@ -37,6 +38,7 @@ class LibraryHandle:
         slots: int,
         log_path: Path,
         max_message_bytes: int,
+        environment: dict | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.library = library
@@ -48,12 +50,18 @@ class LibraryHandle:
         parent_sock, child_sock = socket.socketpair()
         self.sock = parent_sock
         self.sock.setblocking(False)
+        fd = child_sock.fileno()
         full_env = library_environment(os.environ, cores, slots, env)
+        if environment is None:
+            command = [python or sys.executable, "-m", "serverless.worker.library_runtime",
+                       str(fd), str(os.getpid())]
+        else:  # env_launch prepares the environment (maybe a long unpack), then execs into it
+            command = launch_command(fd, instance_id)
+            full_env.update(launch_variables(environment, env))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab", buffering=0) as log:
             self.process = subprocess.Popen(
-                [python or sys.executable, "-m", "serverless.worker.library_runtime",
-                 str(child_sock.fileno()), str(os.getpid())],
+                command,
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

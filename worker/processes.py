@@ -9,7 +9,10 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-import setproctitle
+try:
+    import setproctitle
+except ImportError:  # a library process in an environment without it: titles are cosmetic
+    setproctitle = None
 
 __all__ = ["die_with_parent", "parent_death_signal", "set_title", "thread_limit_env",
            "library_environment"]
@@ -54,7 +57,8 @@ def _load_libc() -> ctypes.CDLL:
 
 def set_title(title: str) -> None:
     """Name this process in ``ps`` (prefixed with ``serverless``)."""
-    setproctitle.setproctitle(f"serverless {title}")
+    if setproctitle is not None:
+        setproctitle.setproctitle(f"serverless {title}")
 
 
 _THREAD_VARIABLES = (

@@ -233,6 +233,11 @@ class Deploy(Message):
         if not isinstance(env, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise ProtocolError("deploy.options.env: not a dict of strings")
+        environment = self.options.get("environment")
+        if environment is not None and not (
+                isinstance(environment, dict)
+                and all(isinstance(environment.get(k), str) for k in ("kind", "path", "id"))):
+            raise ProtocolError("deploy.options.environment: not an environment description")
 
 
 @message("instance-ready")

@@ -1,0 +1,54 @@
+"""Start a library process under another environment's interpreter, with serverless from the worker.
+
+Run as ``ENV/bin/python .../env_bootstrap.py FD AGENT_PID`` by :mod:`.env_launch`. The
+environment need not have serverless installed: this script makes the worker's own copy
+of serverless's pure-Python packages importable (variable ``SERVERLESS_BOOTSTRAP``, a JSON
+object ``{"packages": {name: folder}, "fallback": {name: folder}}``), then runs
+:func:`serverless.worker.library_runtime.main`.
+
+``packages`` (serverless itself) are found first, ahead of anything in the environment, so
+the library process always speaks the worker's protocol. ``fallback`` (cloudpickle, pure
+Python) is found last: the environment's own copy wins when it has one. setproctitle is
+optional in library processes. So an environment needs only a CPython of the manager's
+minor version (functions travel as its code objects) and what the functions import.
+It uses only the standard library until the runtime is imported.
+"""
+
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+
+MINIMUM = (3, 10)
+
+
+class _Folders(importlib.abc.MetaPathFinder):
+    """Finds the named top-level packages (and subpackages named explicitly) in given folders."""
+
+    def __init__(self, folders):
+        self.folders = folders
+
+    def find_spec(self, name, path=None, target=None):
+        folder = self.folders.get(name)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+
+
+def main():
+    del sys.path[0]  # this script's folder: the worker package is not a top-level one
+    if sys.version_info < MINIMUM:
+        print(f"serverless: the environment's Python {sys.version.split()[0]} is older than "
+              f"{'.'.join(map(str, MINIMUM))}, which the library runtime needs", file=sys.stderr)
+        return 3
+    spec = json.loads(os.environ.pop("SERVERLESS_BOOTSTRAP"))
+    sys.meta_path.insert(0, _Folders(spec["packages"]))
+    sys.meta_path.append(_Folders(spec["fallback"]))
+    from serverless.worker.library_runtime import main as runtime_main
+    return runtime_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
