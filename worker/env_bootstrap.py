@@ -1,10 +1,12 @@
 """Start a library process under another environment's interpreter, with serverless from the worker.
 
-Run as ``ENV/bin/python .../env_bootstrap.py FD AGENT_PID`` by :mod:`.env_launch`. The
-environment need not have serverless installed: this script makes the worker's own copy
-of serverless's pure-Python packages importable (variable ``SERVERLESS_BOOTSTRAP``, a JSON
-object ``{"packages": {name: folder}, "fallback": {name: folder}}``), then runs
-:func:`serverless.worker.library_runtime.main`.
+Run as ``ENV/bin/python .../env_bootstrap.py MODULE ARGS...`` (by :mod:`.env_launch`:
+``serverless.worker.library_runtime FD AGENT_PID``; by Parsl's regular mode for its fresh
+interpreters). The environment need not have serverless installed: this script makes the
+worker's own copy of serverless's pure-Python packages importable (variable
+``SERVERLESS_BOOTSTRAP``, a JSON object ``{"packages": {name: folder}, "fallback": {name:
+folder}}``, left in the environment for the processes the library starts), then runs
+``MODULE.main()`` with ``sys.argv`` = ``[MODULE, *ARGS]``.
 
 ``packages`` (serverless itself) are found first, ahead of anything in the environment, so
 the library process always speaks the worker's protocol. ``fallback`` (cloudpickle, pure
@@ -14,6 +16,7 @@ minor version (functions travel as its code objects) and what the functions impo
 It uses only the standard library until the runtime is imported.
 """
 
+import importlib
 import importlib.abc
 import importlib.util
 import json
@@ -21,6 +24,7 @@ import os
 import sys
 
 MINIMUM = (3, 10)
+VARIABLE = "SERVERLESS_BOOTSTRAP"
 
 
 class _Folders(importlib.abc.MetaPathFinder):
@@ -43,11 +47,17 @@ def main():
         print(f"serverless: the environment's Python {sys.version.split()[0]} is older than "
               f"{'.'.join(map(str, MINIMUM))}, which the library runtime needs", file=sys.stderr)
         return 3
-    spec = json.loads(os.environ.pop("SERVERLESS_BOOTSTRAP"))
+    install()
+    module = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    return importlib.import_module(module).main()
+
+
+def install():
+    """Make the worker's serverless (first) and cloudpickle and dill (last) importable."""
+    spec = json.loads(os.environ[VARIABLE])
     sys.meta_path.insert(0, _Folders(spec["packages"]))
     sys.meta_path.append(_Folders(spec["fallback"]))
-    from serverless.worker.library_runtime import main as runtime_main
-    return runtime_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ so that a long unpack never blocks the agent's loop::
 
     SPEC (JSON) --> an archive: prepare_environment() (unpack once per node, under the lock)
                     a directory: used where it is
-                --> exec ENV/bin/python env_bootstrap.py FD AGENT_PID   (same process, same
+                --> exec ENV/bin/python env_bootstrap.py serverless.worker.library_runtime FD AGENT_PID
+                    (same process, same
                     socket: the Deploy the agent queued is read by the library runtime)
     any failure --> InstanceFailed(INSTANCE_ID, the reason, traceback, fatal) on FD, exit 3
 
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         env[BOOTSTRAP_VARIABLE] = bootstrap_spec()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(prepared.python, [str(prepared.python), bootstrap, str(fd), str(agent_pid)], env)
+        os.execve(prepared.python, [str(prepared.python), bootstrap,
+                                    "serverless.worker.library_runtime", str(fd), str(agent_pid)], env)
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, EnvironmentUnpackError) else f"{type(exc).__name__}: {exc}"
         with socket.socket(fileno=fd) as sock:

@@ -41,6 +41,7 @@ from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.providers.base import ExecutionProvider
 
+from serverless.environment import Environment
 from serverless.serialization import dumps_args
 
 from .apps import APP_FUNCTION, REGULAR_FUNCTION, AppLibraries, strip_wrap_error
@@ -76,6 +77,9 @@ class ServerlessExecutor(BlockProviderExecutor):
         manager_options: further :class:`serverless.ManagerConfig` options (e.g. ``secret``).
         library_options: further :class:`serverless.Library` options for every app library
             (e.g. ``timeout``, ``max_instances``, ``env``).
+        environment: a :class:`serverless.Environment` (or the path of a conda-pack or
+            venv-pack archive, or of an environment directory) that every app runs in, in
+            both modes: each worker gets the archive once and unpacks it once per node.
         shutdown_timeout: seconds to wait, at shutdown, for blocks to end.
         block_error_handler: Parsl's block error handling (True: the simple handler).
     """
@@ -97,6 +101,7 @@ class ServerlessExecutor(BlockProviderExecutor):
         worker_logdir_root: str | None = None,
         manager_options: dict[str, Any] | None = None,
         library_options: dict[str, Any] | None = None,
+        environment: Environment | str | os.PathLike | None = None,
         shutdown_timeout: float = 30.0,
         block_error_handler: bool | Callable = True,
     ) -> None:
@@ -124,6 +129,12 @@ class ServerlessExecutor(BlockProviderExecutor):
         self.worker_logdir_root = worker_logdir_root
         self.manager_options = dict(manager_options or {})
         self.library_options = dict(library_options or {})
+        if environment is not None:  # hashed once here, not per app
+            self.environment: Environment | None = (
+                environment if isinstance(environment, Environment) else Environment(environment))
+            self.library_options["environment"] = self.environment
+        else:
+            self.environment = self.library_options.get("environment")
         self.shutdown_timeout = shutdown_timeout
         self.manager: Any = None
         self._apps: AppLibraries | None = None

@@ -58,9 +58,16 @@ def run_fresh(function_blob: bytes, args_blob: bytes) -> Any:
     from serverless.serialization import decode_exception, loads_result
 
     read_end, write_end = os.pipe()
+    if os.environ.get("SERVERLESS_BOOTSTRAP"):  # in an environment lent serverless by its worker
+        import serverless.worker
+
+        bootstrap = os.path.join(os.path.dirname(serverless.worker.__file__), "env_bootstrap.py")
+        command = [sys.executable, bootstrap, "serverless.parsl.regular"]
+    else:
+        command = [sys.executable, "-c", RUNNER]
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(write_end), str(os.getpid())],
+            [*command, str(write_end), str(os.getpid())],
             stdin=subprocess.PIPE, pass_fds=(write_end,),
         )
     finally:
