@@ -32,11 +32,14 @@ EOF tells a crash, ``reap()`` collects the rest), the child keeps the library's 
 title, and faulthandler is already enabled in the library (the child inherits it).
 
 ``os.fork()`` also runs the at-fork hooks of imported modules. ``threading``'s child hook
-rebuilds the threading module's state (new locks, a pass over every thread object): about
-300-600 us of a child's CPU here, mostly copy-on-write faults. In a process with a single
-Python thread there is nothing to rebuild, so :func:`cheap_threading_fork_hook` gives that
-hook a fast path for exactly that case, checked in each child; a child forked from a
-process with other threads still runs the full hook.
+rebuilds the threading module's state (new locks, a pass over every thread object), mostly
+copy-on-write faults; :mod:`.fork_hooks` gives it a fast path when the library has a
+single Python thread (tested on each supported Python).
+
+Fork hygiene, as multiprocessing does it: stdout and stderr are flushed before every fork
+(a block-buffered stream would otherwise be written again by each child: whatever imports
+or ``setup()`` printed), and each child gets back the signal dispositions a fresh
+interpreter has (the library ignores SIGINT; a call, and the programs it starts, must not).
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ import struct
 import sys
 import threading
 import time
-import types
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -58,10 +60,11 @@ from serverless.protocol import STREAM_READ_SIZE as _READ_SIZE
 from serverless.protocol import CallStatus, arguments_size, safe_dumps
 
 from .call_runner import run_call
+from .fork_hooks import cheap_threading_fork_hook
 from .limits import memory_limit
 from .processes import parent_death_signal
 
-__all__ = ["ForkExecutor", "REAP_INTERVAL", "SPARE_MAX_ARGS", "cheap_threading_fork_hook"]
+__all__ = ["ForkExecutor", "REAP_INTERVAL", "SPARE_MAX_ARGS", "CHILD_SIGNALS"]
 
 _LENGTH = struct.Struct("!Q")
 _READABLE = 0x001  # select.EPOLLIN == select.POLLIN
@@ -71,38 +74,9 @@ _CANCELLED = int(CallStatus.CANCELLED)
 _OUT_OF_MEMORY = int(CallStatus.OUT_OF_MEMORY)
 REAP_INTERVAL = 0.01  # seconds: how soon an idle loop comes back to reap exiting children
 SPARE_MAX_ARGS = 32768  # bytes: a call with bigger arguments forks instead (a pipe holds 64 KiB)
-
-
-_FAST_AFTER_FORK = """
-def _after_fork():
-    if not _limbo and len(_active) == 1 and get_ident() in _active:
-        return  # forked from a process with one Python thread: nothing to rebuild
-    _serverless_full_after_fork()
-"""
-
-
-def cheap_threading_fork_hook() -> bool:
-    """Give ``threading``'s after-fork hook a fast path for single-threaded parents.
-
-    The hook registered with ``os.register_at_fork`` is the function object
-    ``threading._after_fork``; its code is swapped for one that returns at once when the
-    forking process had one Python thread (the current one), and otherwise calls the
-    original. Returns False (and changes nothing) if this Python's threading module does
-    not look as expected.
-    """
-    module = vars(threading)
-    hook = module.get("_after_fork")
-    if "_serverless_full_after_fork" in module:
-        return True
-    if (not isinstance(hook, types.FunctionType) or hook.__code__.co_argcount
-            or hook.__closure__ or not {"_limbo", "_active", "get_ident"} <= module.keys()):
-        return False
-    module["_serverless_full_after_fork"] = types.FunctionType(
-        hook.__code__, module, "_after_fork", hook.__defaults__)
-    scratch: dict[str, Any] = {}
-    exec(_FAST_AFTER_FORK, scratch)
-    hook.__code__ = scratch["_after_fork"].__code__
-    return True
+# what the library process changed and a call's child must get back as a fresh interpreter
+# has it (an ignored signal stays ignored across exec, into programs the call starts)
+CHILD_SIGNALS = ((signal.SIGINT, signal.default_int_handler),)
 
 
 class Poller(Protocol):
@@ -290,6 +264,7 @@ class ForkExecutor:
 
     def _fork(self, entry: tuple) -> None:
         read_fd, write_fd = os.pipe()
+        _flush_stdio()
         pid = os.fork()
         if pid == 0:  # the child
             self._child_main(entry, None, write_fd, (read_fd,))
@@ -299,6 +274,7 @@ class ForkExecutor:
     def _fork_spare(self) -> None:
         call_read, call_write = os.pipe()
         result_read, result_write = os.pipe()
+        _flush_stdio()
         pid = os.fork()
         if pid == 0:  # the spare: waits for its call, then runs it like any child
             self._child_main(None, call_read, result_write, (call_write, result_read))
@@ -402,6 +378,8 @@ class ForkExecutor:
         self._set_death_signal()
         if os.getppid() != self._parent_pid:  # the library died before the call began
             os._exit(1)
+        for signum, handler in CHILD_SIGNALS:
+            signal.signal(signum, handler)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -502,3 +480,12 @@ class ForkExecutor:
     @staticmethod
     def _elapsed(child: _Child) -> float:
         return time.perf_counter() - child.started
+
+
+def _flush_stdio() -> None:
+    """Write out what this process buffered, so that no child writes it again."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):  # None, closed, or a broken pipe
+            pass
