@@ -350,7 +350,7 @@ class ManagerLoop:
         elif isinstance(msg, InstanceFailed):
             log.warning("instance %d on %s failed: %s", msg.instance_id, worker.worker_id, msg.reason)
             self._perform(scheduler.instance_failed(msg.instance_id, msg.reason, msg.traceback,
-                                                    msg.during_start))
+                                                    msg.during_start, msg.running))
         elif isinstance(msg, InstanceStopped):
             self._perform(scheduler.instance_stopped(msg.instance_id))
         elif isinstance(msg, Goodbye):

@@ -206,11 +206,14 @@ class Scheduler:
         instance.window = self._window(record)
         return self._schedule(record)
 
-    def instance_failed(self, instance_id: int, reason: str, traceback: str, during_start: bool) -> list[Action]:
+    def instance_failed(self, instance_id: int, reason: str, traceback: str, during_start: bool,
+                        running: tuple[int, ...] | None = None) -> list[Action]:
+        """The instance died (or never started); ``running``: the calls it was running,
+        as its worker read them from its crash journal (None: unknown)."""
         instance = self.instances.get(instance_id)
         if instance is None:
             return []
-        actions = self._instance_gone(instance_id, reason)
+        actions = self._instance_gone(instance_id, reason, running)
         record = self.libraries.get(instance.library)
         if record is None:
             pass
@@ -425,8 +428,14 @@ class Scheduler:
             actions.append(StopInstanceAction(instance.worker_id, instance_id))
         return actions
 
-    def _instance_gone(self, instance_id: int, reason: str) -> list[Action]:
-        """Forget an instance, free its resources, and retry (or fail) what it held."""
+    def _instance_gone(self, instance_id: int, reason: str,
+                       running: tuple[int, ...] | None = None) -> list[Action]:
+        """Forget an instance, free its resources, and retry (or fail) what it held.
+
+        Only the calls that were running are charged an attempt: those named in
+        ``running`` when the worker read them from the instance's crash journal; when
+        nobody could tell (a whole worker lost), the oldest ``slots`` it held.
+        """
         instance = self.instances.pop(instance_id, None)
         if instance is None:
             return []
@@ -440,16 +449,18 @@ class Scheduler:
             record.instances.discard(instance_id)
         held = list(instance.outstanding.values())  # in the order they were sent
         instance.outstanding.clear()
-        # An instance runs its calls in the order it got them, ``slots`` at a time: only the
-        # oldest ``slots`` it held may have been running; the others never started, so
-        # sending them again is not a retry and costs them no attempt.
+        # Without the journal's word: an instance runs its calls in the order it got them,
+        # ``slots`` at a time, so only the oldest ``slots`` it held may have been running;
+        # the others never started, and sending them again costs them no attempt.
         slots = record.spec.slots if record is not None else len(held)
+        charged = (set(running) if running is not None
+                   else {call.call_id for call in held[:slots]})
         retry, give_up = [], []
-        for position, call in enumerate(held):
+        for call in held:
             if call.cancelled:
                 continue
             call.instance_id = None
-            if position < slots:
+            if call.call_id in charged:
                 call.attempts += 1
             (give_up if call.attempts > self.max_retries or record is None else retry).append(call)
         if not retry and not give_up:

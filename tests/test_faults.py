@@ -193,20 +193,20 @@ def direct_crash_library() -> serverless.Library:
 
 
 def test_a_direct_mode_call_that_crashes_its_instance_fails_alone(tmp_path):
-    """In direct mode a segfault takes the instance with it: the call is retried
-    max_retries times (each on a fresh instance), then fails naming the signal; the
-    calls queued with it run, and the library serves on."""
+    """In direct mode a segfault takes the instance with it: the call that was running
+    fails at once as CallCrashed naming the signal (it is the call's crash, not a lost
+    worker: no retry); the calls queued with it run on a new instance."""
     with serverless.Manager(local_cores=1, log_dir=tmp_path / "logs", max_retries=2,
                             **FAST_HEARTBEAT) as m:
         m.install(direct_crash_library())
         poison = m.call("crashy", "crash_direct", "segfault")
         innocent = [m.call("crashy", "crash_direct", f"ok-{i}") for i in range(5)]
-        with pytest.raises(serverless.WorkerLost, match="SIGSEGV"):
+        with pytest.raises(serverless.CallCrashed, match="SIGSEGV"):
             poison.result(timeout=60)
         assert [f.result(timeout=60) for f in innocent] == [f"ok-{i}" for i in range(5)]
         assert m.call("crashy", "crash_direct", "again").result(timeout=60) == "again"
         deploys = sorted((tmp_path / "logs" / "worker-0").glob("crashy-*.log"))
-        assert len(deploys) == 4  # the first instance and one per retry
+        assert len(deploys) == 2  # the one it crashed and its replacement
 
 
 def count_and_fail(log_path):

@@ -129,3 +129,23 @@ def test_cancelled_calls_held_by_a_lost_instance_are_dropped_not_retried():
     s.instance_failed(instance, "killed", "", during_start=False)
     assert held[1] not in s.libraries["lib"].pending
     assert list(s.libraries["lib"].pending) == [held[0], held[2]]
+
+
+def test_when_the_worker_says_what_was_running_only_those_calls_are_charged():
+    """InstanceFailed names the running calls (the instance's crash journal): a call that
+    finished but whose result had not left, and calls never started, cost nothing."""
+    s = Scheduler(max_retries=0)
+    s.install("lib", serverless.Library("lib", [noop], slots=2), b"")
+    s.worker_joined("w1", cores=2, memory_mb=100)
+    instance, held = ready_instance(s, s.submit(calls("lib", 6)))
+    running = (held[1].call_id, held[3].call_id)  # not the oldest two
+    actions = s.instance_failed(instance, "killed", "", False, running)
+    failed = of(CallsFailed, actions)
+    assert [c for f in failed for c in f.calls] == [held[1], held[3]]
+    assert [c.attempts for c in held] == [0, 1, 0, 1, 0, 0]
+    assert list(s.libraries["lib"].pending) == [held[0], held[2], held[4], held[5]]
+    # nothing running (a direct-mode call's crash was reported as its own result): no charge
+    instance, again = ready_instance(s, actions)
+    assert again == [held[0], held[2], held[4], held[5]]
+    assert not of(CallsFailed, s.instance_failed(instance, "killed", "", False, ()))
+    assert all(c.attempts == 0 for c in again)

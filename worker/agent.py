@@ -10,15 +10,22 @@
                                           over the manager's max_message_bytes is split, a
                                           result too large alone fails its call:
                                           protocol.fit_results)
-            --EOF (the process ended)---> InstanceFailed naming the exit code or signal,
-                                          with the tail of the instance's log
+            --EOF (the process ended)---> once it has exited (its pidfd readable; never
+                                          waited for): the results its crash journal held,
+                                          then InstanceFailed naming the exit code or signal,
+                                          the calls that were running and the tail of the
+                                          instance's log. In direct mode the call running
+                                          is the one that ended the process: it gets a
+                                          CRASHED result instead (worker/journal.py)
 
 The agent decodes only envelopes; call arguments and results pass through as opaque
 frames. It sends a Heartbeat when it has sent nothing for an interval and takes the
 manager for gone when it has heard nothing for the heartbeat timeout; then it stops its
 libraries (whose forked children die with them) and exits. Before it concludes so, it
 reads what is waiting: a worker frozen (SIGSTOP) long enough to be written off finds the
-Shutdown the manager sent it then, and goes. It is single-threaded.
+Shutdown the manager sent it then, and goes. It is single-threaded and never blocks on
+one instance: a library slow to exit is watched through its pidfd and the tick, and
+killed after ``stop_grace``.
 
 Exit codes: 0 shut down by the manager or a signal; 4 rejected by the manager;
 5 the manager was lost or never answered.
@@ -42,6 +49,7 @@ from serverless.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Calls,
+    CallStatus,
     Cancel,
     Deploy,
     Goodbye,
@@ -59,12 +67,15 @@ from serverless.protocol import (
     decode,
     encode,
     fit_results,
+    results_messages,
+    safe_dumps,
 )
 from serverless.security import CurveKeys
 from serverless.transport import connect_dealer, new_context
 
 from .env_launch import launch_spec
 from .environments import default_env_dir
+from .journal import without_results
 from .library_handle import LibraryHandle
 from .processes import set_title
 
@@ -73,6 +84,8 @@ __all__ = ["WorkerConfig", "WorkerAgent", "EXIT_OK", "EXIT_REJECTED", "EXIT_MANA
 log = logging.getLogger("serverless.worker")
 
 EXIT_OK, EXIT_REJECTED, EXIT_MANAGER_LOST = 0, 4, 5
+_CRASHED = int(CallStatus.CRASHED)
+_DIRECT_CRASH = "in direct mode the call ran in its library instance and took it down with it"
 
 
 @dataclass
@@ -110,6 +123,8 @@ class WorkerAgent:
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._by_fd: dict[int, LibraryHandle] = {}  # zmq.Poller reports raw sockets by fd
+        self._ending: dict[int, LibraryHandle] = {}  # EOF seen, the process not exited yet
+        self._by_exit_fd: dict[int, LibraryHandle] = {}  # their pidfds
         self._registered = False
         self._heartbeat_interval = 1.0
         self._heartbeat_timeout = config.connect_timeout
@@ -155,6 +170,8 @@ class WorkerAgent:
         for sock, event in events:
             if sock is self._sock:
                 self._read_manager()
+            elif sock in self._by_exit_fd:
+                self._library_exited(self._by_exit_fd[sock])
             else:
                 handle = self._by_fd.get(sock)
                 if handle is None:
@@ -170,11 +187,18 @@ class WorkerAgent:
     def _tick(self) -> None:
         now = time.monotonic()
         for instance_id, (handle, since) in list(self._stopping.items()):
-            if handle.process.poll() is None and now - since < self.config.stop_grace:
+            if handle.poll() is None:
+                if now - since >= self.config.stop_grace:
+                    handle.kill()  # reported at a later tick, once it has exited
                 continue
-            handle.exit_code(wait=0.5)
             del self._stopping[instance_id]
+            handle.release()
             self._send(InstanceStopped(instance_id))
+        for handle in list(self._ending.values()):
+            if handle.poll() is not None:
+                self._library_exited(handle)
+            elif now >= handle.kill_at:
+                handle.kill()
         if now - self._last_heard > self._heartbeat_timeout:
             # woken after a freeze? what the manager sent meanwhile (a Shutdown) decides
             self._read_manager()
@@ -238,6 +262,7 @@ class WorkerAgent:
                 dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
                 max(self.config.max_message_bytes, MAX_MESSAGE_BYTES),  # big results fail alone
                 launch_spec(msg.options.get("environment"), self.config.env_dir),
+                msg.mode,
             )
         except Exception as exc:
             self._send(InstanceFailed(
@@ -290,14 +315,52 @@ class WorkerAgent:
             self._library_ended(handle)
 
     def _library_ended(self, handle: LibraryHandle) -> None:
-        exit_code = handle.exit_code()
+        """EOF from a library: report it once its process has exited, without waiting."""
         self._forget(handle, close=True)
         self._handles.pop(handle.instance_id, None)
-        if handle.stopping:
+        if handle.poll() is not None:
+            self._library_exited(handle)
             return
+        handle.kill_at = time.monotonic() + self.config.stop_grace
+        self._ending[handle.instance_id] = handle
+        if handle.exit_fd >= 0:
+            self._by_exit_fd[handle.exit_fd] = handle
+            self._poller.register(handle.exit_fd, zmq.POLLIN)
+
+    def _library_exited(self, handle: LibraryHandle) -> None:
+        exit_code = handle.poll()
+        if exit_code is None:
+            return  # a pidfd is readable only once it has exited; be safe anyway
+        self._ending.pop(handle.instance_id, None)
+        if self._by_exit_fd.pop(handle.exit_fd, None) is not None:
+            self._poller.unregister(handle.exit_fd)
+        try:
+            if not handle.stopping:
+                self._report_failure(handle, exit_code)
+        finally:
+            handle.release()
+
+    def _report_failure(self, handle: LibraryHandle, exit_code: int) -> None:
+        """What an instance that died leaves: its unsent results, the crash of the
+        direct-mode call that took it down, the calls that were running (to charge)."""
+        try:
+            entries, running = handle.journal()
+        except (ProtocolError, OSError, ValueError) as exc:
+            log.error("library %s#%d: unreadable crash journal (%s)", handle.library,
+                      handle.instance_id, exc)
+            entries, running = [], None
+        running = without_results(running, entries)
+        if handle.mode == "direct" and running:
+            detail = safe_dumps((exit_code, _DIRECT_CRASH))
+            entries += [(call_id, _CRASHED, detail, 0.0) for call_id in running]
+            running = ()
+        for message in results_messages(handle.instance_id, entries) if entries else ():
+            for part in fit_results(message, encode(message), self._send_limit):
+                self._send_frames(part)
         reason = f"library {handle.library!r} instance {handle.instance_id} ended with {describe_exit(exit_code)}"
         log.warning("%s", reason)
-        self._send(InstanceFailed(handle.instance_id, reason, _tail(handle.log_path), not handle.ready))
+        self._send(InstanceFailed(handle.instance_id, reason, _tail(handle.log_path),
+                                  not handle.ready, running))
 
     def _forget(self, handle: LibraryHandle, close: bool) -> None:
         self._by_fd.pop(handle.fileno(), None)
@@ -309,14 +372,18 @@ class WorkerAgent:
             handle.close()
 
     def _stop_all(self) -> None:
-        handles = list(self._handles.values()) + [h for h, _ in self._stopping.values()]
+        handles = (list(self._handles.values()) + [h for h, _ in self._stopping.values()]
+                   + list(self._ending.values()))
         for handle in handles:
             handle.stopping = True
             handle.close()  # EOF: each library kills its children and exits
-        for handle in handles:
+        for handle in handles:  # the agent is leaving: waiting here stalls nothing else
             handle.stop(self.config.stop_grace)
+            handle.release()
         self._handles.clear()
         self._stopping.clear()
+        self._ending.clear()
+        self._by_exit_fd.clear()
 
     # --- sending ----------------------------------------------------------------------
 

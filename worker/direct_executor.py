@@ -4,7 +4,8 @@ No fork, so a call costs microseconds; the price is no isolation (a call that ch
 global state changes it for the next). A call with a timeout runs under an alarm that
 interrupts it (:func:`serverless.worker.limits.run_with_alarm`). A function that raises
 only fails its own call. Results are handed to ``emit`` after each call; the library loop
-sends them in batches.
+sends them in batches. ``running`` is told which call runs (0: none), so that a call that
+kills the process is known to be that call (:mod:`.journal`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class DirectExecutor:
         functions: Mapping[str, Callable[..., Any]],
         emit: Callable[[tuple], None],
         turn_seconds: float = 0.002,
+        running: Callable[[int], None] = lambda call_id: None,
     ) -> None:
         self._functions = functions
         self._emit = emit
+        self._running = running
         self._queue: deque[tuple] = deque()
         self._turn_seconds = turn_seconds
 
@@ -51,13 +54,17 @@ class DirectExecutor:
 
     def run_turn(self, clock: Callable[[], float]) -> None:
         """Run queued calls until the queue is empty or a turn's time is used up."""
-        queue, functions, emit = self._queue, self._functions, self._emit
+        queue, functions, emit, running = self._queue, self._functions, self._emit, self._running
         stop_at = clock() + self._turn_seconds
-        while queue:
-            entry = queue.popleft()
-            emit(run_with_alarm(functions, entry) if entry[3] else run_call(functions, entry))
-            if clock() >= stop_at:
-                return
+        try:
+            while queue:
+                entry = queue.popleft()
+                running(entry[0])
+                emit(run_with_alarm(functions, entry) if entry[3] else run_call(functions, entry))
+                if clock() >= stop_at:
+                    return
+        finally:
+            running(0)
 
     def busy(self) -> bool:
         return bool(self._queue)

@@ -61,10 +61,11 @@ def launch_spec(environment: dict | None, env_dir: Path, local: Path | None = No
     return spec
 
 
-def launch_command(fd: int, instance_id: int) -> list[str]:
-    """The command the agent runs for an instance in an environment."""
+def launch_command(fd: int, instance_id: int, journal_fd: int) -> list[str]:
+    """The command the agent runs for an instance in an environment (``journal_fd``: the
+    instance's crash journal, handed on to the library runtime)."""
     return [sys.executable, "-m", "serverless.worker.env_launch", str(fd), str(os.getpid()),
-            str(instance_id)]
+            str(instance_id), str(journal_fd)]
 
 
 def launch_variables(spec: dict, user_env: dict[str, str]) -> dict[str, str]:
@@ -120,6 +121,7 @@ def _hash_check(content_id: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     fd, agent_pid, instance_id = int(argv[0]), int(argv[1]), int(argv[2])
+    journal = argv[3:4]  # the crash journal's fd, passed on as is (inherited across exec)
     die_with_parent(agent_pid)
     try:
         spec = json.loads(os.environ.pop(LAUNCH_VARIABLE))
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(prepared.python, [str(prepared.python), bootstrap,
-                                    "serverless.worker.library_runtime", str(fd), str(agent_pid)], env)
+                                    "serverless.worker.library_runtime", str(fd), str(agent_pid),
+                                    *journal], env)
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, EnvironmentUnpackError) else f"{type(exc).__name__}: {exc}"
         with socket.socket(fileno=fd) as sock:

@@ -20,7 +20,9 @@ what a child forked at its arrival would; it still runs alone in its own process
 At most ``slots`` children run a call at once. A child counts as running until its result
 has arrived, then only as "exiting" until it is reaped (its teardown costs about 1 ms of CPU
 and needs no slot). A child that exits without a complete result (EOF on its pipe first)
-becomes a CRASHED entry naming its exit code or signal; one past its deadline is killed
+becomes a CRASHED entry naming its exit code or signal, once it is reaped (``WNOHANG``: the
+loop never waits for a child; one that closed its pipe and runs on is killed after
+:data:`CLOSED_PIPE_GRACE`, its slot free meanwhile); one past its deadline is killed
 (TIMEOUT); a cancelled one is killed (CANCELLED). Children are reaped by pid, never with
 ``waitpid(-1)``, so processes that the library's own setup started are left alone.
 
@@ -61,6 +63,7 @@ from serverless.protocol import CallStatus, arguments_size, safe_dumps
 
 from .call_runner import run_call
 from .fork_hooks import cheap_threading_fork_hook
+from .journal import Journal
 from .limits import memory_limit
 from .processes import parent_death_signal
 
@@ -73,6 +76,7 @@ _TIMEOUT = int(CallStatus.TIMEOUT)
 _CANCELLED = int(CallStatus.CANCELLED)
 _OUT_OF_MEMORY = int(CallStatus.OUT_OF_MEMORY)
 REAP_INTERVAL = 0.01  # seconds: how soon an idle loop comes back to reap exiting children
+CLOSED_PIPE_GRACE = 1.0  # seconds a child that closed its result pipe has to exit, then killed
 SPARE_MAX_ARGS = 32768  # bytes: a call with bigger arguments forks instead (a pipe holds 64 KiB)
 # what the library process changed and a call's child must get back as a fresh interpreter
 # has it (an ignored signal stays ignored across exec, into programs the call starts)
@@ -130,6 +134,7 @@ class ForkExecutor:
         inherited_fds: Sequence[int] = (),
         memory_mb: int = 0,
         spares: bool = True,
+        journal: Journal | None = None,
     ) -> None:
         self._functions = functions
         self._slots = slots
@@ -139,12 +144,14 @@ class ForkExecutor:
         self._queue: deque[tuple] = deque()
         self._running: dict[int, _Child] = {}  # result pipe fd -> child still owing a result
         self._exiting: dict[int, _Child] = {}  # pid -> child whose result is in, not reaped
+        self._ending: dict[int, _Child] = {}  # pid -> child that closed its pipe owing a result
         self._timed = 0  # running children that have a deadline
         self._parent_pid = os.getpid()
         self._set_death_signal = parent_death_signal()
         self._memory = memory_limit(memory_mb, slots)  # None: no limit, no polling
         self._use_spares = spares
         self._spare: _Spare | None = None
+        self._journal = journal  # told which calls run: see .journal
         cheap_threading_fork_hook()
 
     # --- what the loop calls ----------------------------------------------------------
@@ -177,6 +184,8 @@ class ForkExecutor:
 
     def reap(self) -> None:
         """Collect the children whose result is in and that have exited since."""
+        if self._ending:
+            self._reap_ending()
         exiting = self._exiting
         if not exiting:
             return
@@ -196,7 +205,7 @@ class ForkExecutor:
         if self._memory is not None and self._running:
             check = self._memory.next_check
             wakeup = check if wakeup is None else min(wakeup, check)
-        if self._exiting:
+        if self._exiting or self._ending:
             reap_at = time.monotonic() + REAP_INTERVAL
             wakeup = reap_at if wakeup is None else min(wakeup, reap_at)
         return wakeup
@@ -238,7 +247,8 @@ class ForkExecutor:
         """Kill every child (the instance is stopping) and reap them."""
         self._queue.clear()
         self._retire_spare()
-        children = list(self._running.values()) + list(self._exiting.values())
+        children = (list(self._running.values()) + list(self._exiting.values())
+                    + list(self._ending.values()))
         for child in children:
             try:
                 os.kill(child.pid, signal.SIGKILL)
@@ -252,6 +262,7 @@ class ForkExecutor:
             self._close_pipe(child)
         self._running.clear()
         self._exiting.clear()
+        self._ending.clear()
         self._timed = 0
 
     # --- inside -----------------------------------------------------------------------
@@ -259,6 +270,8 @@ class ForkExecutor:
     def _start_queued(self) -> None:
         while self._queue and len(self._running) < self._slots:
             entry = self._queue.popleft()
+            if self._journal is not None:  # before the fork: the call may kill us at once
+                self._journal.started(entry[0])
             if self._spare is None or not self._hand_to_spare(entry):
                 self._fork(entry)
 
@@ -443,14 +456,32 @@ class ForkExecutor:
         self._finish(child, entry)
 
     def _crashed(self, child: _Child) -> None:
+        """EOF on its pipe with no complete result: it is ending (or closed the pipe and
+        runs on). Reported with its exit code once it has exited; never waited for here."""
         self._close_pipe(child)
-        try:
-            _, status = os.waitpid(child.pid, 0)  # its descriptors are closed: it is ending
-            exit_code = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            exit_code = -1
-        child.result = (child.entry[0], _CRASHED, safe_dumps((exit_code, "")), self._elapsed(child))
-        self._emit(child.result)
+        child.deadline = time.monotonic() + CLOSED_PIPE_GRACE  # then it is killed
+        self._ending[child.pid] = child
+        self._reap_ending()
+
+    def _reap_ending(self) -> None:
+        now = time.monotonic()
+        for pid, child in list(self._ending.items()):
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+                exit_code = os.waitstatus_to_exitcode(status) if reaped else 0
+            except ChildProcessError:
+                reaped, exit_code = pid, -1
+            if not reaped:
+                if child.deadline is not None and now >= child.deadline:
+                    child.deadline = None  # killed once; reaped at a later pass
+                    os.kill(pid, signal.SIGKILL)
+                continue
+            del self._ending[pid]
+            detail = "" if child.deadline is not None else (
+                f"it closed its result pipe and had not exited {CLOSED_PIPE_GRACE:g} s later")
+            child.result = (child.entry[0], _CRASHED, safe_dumps((exit_code, detail)),
+                            self._elapsed(child))
+            self._emit(child.result)
 
     def _finish(self, child: _Child, entry: tuple) -> None:
         child.result = entry
@@ -468,8 +499,11 @@ class ForkExecutor:
     def _close_pipe(self, child: _Child) -> None:
         fd = child.fd
         if fd >= 0:
-            if self._running.pop(fd, None) is not None and child.deadline is not None:
-                self._timed -= 1
+            if self._running.pop(fd, None) is not None:
+                if child.deadline is not None:
+                    self._timed -= 1
+                if self._journal is not None:
+                    self._journal.ended(child.entry[0])
             try:
                 self._poller.unregister(fd)
             except (KeyError, ValueError, OSError):

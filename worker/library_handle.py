@@ -3,7 +3,10 @@
 The process is a fresh interpreter (``python -m serverless.worker.library_runtime``), never
 a fork of the agent. It gets one end of a socketpair; the agent keeps the other end
 non-blocking, with an outbox so that a slow library never blocks the agent's loop.
-Its stdout and stderr (and those of its forked call children) go to a log file.
+Its stdout and stderr (and those of its forked call children) go to a log file. The
+handle also owns the instance's crash journal (:mod:`.journal`), read once the process
+has ended, and a pidfd that becomes readable when it exits, so the agent's loop learns of
+an exit without waiting for it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from serverless.protocol import StreamDecoder, pack_stream
 
 from .env_launch import launch_command, launch_variables
+from .journal import create_journal, read_journal
 from .processes import library_environment
 
 __all__ = ["LibraryHandle"]
@@ -39,9 +43,11 @@ class LibraryHandle:
         log_path: Path,
         max_message_bytes: int,
         environment: dict | None = None,
+        mode: str = "fork",
     ) -> None:
         self.instance_id = instance_id
         self.library = library
+        self.mode = mode
         self.log_path = log_path
         self.ready = False
         self.stopping = False
@@ -51,18 +57,19 @@ class LibraryHandle:
         self.sock = parent_sock
         self.sock.setblocking(False)
         fd = child_sock.fileno()
+        self._journal_fd = create_journal(f"serverless-journal-{instance_id}")
         full_env = library_environment(os.environ, cores, slots, env)
         if environment is None:
             command = [python or sys.executable, "-m", "serverless.worker.library_runtime",
-                       str(fd), str(os.getpid())]
+                       str(fd), str(os.getpid()), str(self._journal_fd)]
         else:  # env_launch prepares the environment (maybe a long unpack), then execs into it
-            command = launch_command(fd, instance_id)
+            command = launch_command(fd, instance_id, self._journal_fd)
             full_env.update(launch_variables(environment, env))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab", buffering=0) as log:
             self.process = subprocess.Popen(
                 command,
-                pass_fds=(child_sock.fileno(),),
+                pass_fds=(child_sock.fileno(), self._journal_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -70,6 +77,12 @@ class LibraryHandle:
                 start_new_session=True,  # a terminal's Ctrl-C goes to the agent only
             )
         child_sock.close()
+        self.exit_fd = _pidfd(self.process.pid)  # readable once the process has exited
+        self.kill_at = 0.0  # when the agent kills it if it has not exited (0: not decided)
+
+    def journal(self) -> tuple[list[tuple], tuple[int, ...] | None]:
+        """What the ended process had not sent and was running (see :mod:`.journal`)."""
+        return read_journal(self._journal_fd)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -114,12 +127,17 @@ class LibraryHandle:
             return None
 
     def exit_code(self, wait: float = 2.0) -> int:
-        """The process's exit code once it ends (killed after ``wait`` seconds)."""
+        """The process's exit code once it ends (killed after ``wait`` seconds). Blocks:
+        the agent's loop uses :meth:`poll` and :attr:`exit_fd` instead."""
         try:
             return self.process.wait(wait)
         except subprocess.TimeoutExpired:
             self.kill()
             return self.process.wait()
+
+    def poll(self) -> int | None:
+        """The exit code if the process has exited (reaped now), else None."""
+        return self.process.poll()
 
     def kill(self) -> None:
         """Kill the process and the calls it forked (its children die with it)."""
@@ -143,3 +161,23 @@ class LibraryHandle:
             self.sock.close()
         except OSError:
             pass
+
+    def release(self) -> None:
+        """Close what the handle holds besides the socket (the process has ended)."""
+        self.close()
+        for fd in (self._journal_fd, self.exit_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._journal_fd = self.exit_fd = -1
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd for ``pid`` (Linux 5.3+), or -1 where there is none (the agent's tick
+    then notices the exit)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1

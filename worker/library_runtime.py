@@ -1,7 +1,8 @@
 """The library process: a fresh interpreter that loads one library and serves its calls.
 
-Started by the worker agent as ``python -m serverless.worker.library_runtime FD``, where
-FD is one end of a local stream socket to the agent::
+Started by the worker agent as ``python -m serverless.worker.library_runtime FD AGENT_PID
+JOURNAL_FD``, where FD is one end of a local stream socket to the agent and JOURNAL_FD the
+crash journal (:mod:`.journal`: the calls running, the results not yet sent)::
 
     agent --Deploy--> load functions, import modules, run setup, gc.freeze()
           <--InstanceReady (or InstanceFailed with the traceback, then exit 3)
@@ -20,7 +21,9 @@ slot), results are held up to :data:`RESULT_HOLD_SECONDS` (or :data:`RESULT_HOLD
 them) so that one message carries several: every message costs the agent and the manager
 a wake-up each, about 100 us of the manager's CPU here. Once the queue runs low they leave
 at once, so the manager's refill arrives before the slots idle, and a lone call is never
-held.
+held. Every result is also written to the crash journal until it is sent, and the journal
+names the calls running, so that an instance that dies loses no result and the manager
+charges the crash to the calls that were running only.
 
 Exit codes: 0 stopped as asked or agent gone; 2 bad command line or protocol;
 3 the library failed to start (the traceback was sent in InstanceFailed).
@@ -62,6 +65,7 @@ from serverless.serialization import loads_by_value
 
 from .direct_executor import DirectExecutor
 from .fork_executor import ForkExecutor
+from .journal import Journal, create_journal
 from .processes import die_with_parent, set_title
 
 __all__ = ["main", "LibraryRuntime"]
@@ -79,8 +83,10 @@ class _Stop(Exception):
 class LibraryRuntime:
     """One library instance: start-up, then the serving loop."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, journal: Journal | None = None) -> None:
         self._sock = sock
+        # without one from the agent (run by hand), a private one: the same code path
+        self._journal = journal or Journal(create_journal("serverless-journal"))
         self._decoder = StreamDecoder()
         self._poller = select.epoll()
         self._results: list[tuple] = []
@@ -137,15 +143,23 @@ class LibraryRuntime:
 
     def _make_executor(self, deploy: Deploy, payload: LibraryPayload):
         if deploy.mode == "direct":
-            return DirectExecutor(payload.functions, self._results.append)
+            return DirectExecutor(payload.functions, self._emit,
+                                  running=self._journal.running_one)
         return ForkExecutor(
             payload.functions,
             deploy.slots,
             self._poller,
-            self._results.append,
+            self._emit,
             inherited_fds=(self._sock.fileno(), self._poller.fileno()),
             memory_mb=deploy.memory_mb,
+            journal=self._journal,
         )
+
+    def _emit(self, entry: tuple) -> None:
+        """A call ended: its result waits in the batch, and in the journal until sent."""
+        self._results.append(entry)
+        if not self._journal.record(entry):
+            self._flush_results()  # too large to journal: it leaves now
 
     # --- serving ----------------------------------------------------------------------
 
@@ -227,6 +241,7 @@ class LibraryRuntime:
             self._held_since = 0.0
             for message in messages:
                 self._send(message)
+            self._journal.sent()
 
     def _send(self, msg: Message) -> None:
         self._sock.sendall(b"".join(pack_stream(encode(msg))))
@@ -234,8 +249,9 @@ class LibraryRuntime:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m serverless.worker.library_runtime FD AGENT_PID", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m serverless.worker.library_runtime FD AGENT_PID [JOURNAL_FD]",
+              file=sys.stderr)
         return EXIT_USAGE
     die_with_parent(int(argv[1]))
     faulthandler.enable()
@@ -243,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=int(argv[0]))
     sock.set_inheritable(False)  # processes the setup starts must not hold the agent's socket
     sock.setblocking(True)
-    runtime = LibraryRuntime(sock)
+    journal = Journal(int(argv[2])) if len(argv) == 3 else None
+    runtime = LibraryRuntime(sock, journal)
     try:
         runtime.start()
         runtime.serve()

@@ -252,12 +252,21 @@ class InstanceReady(Message):
 @message("instance-failed")
 @dataclass(frozen=True, slots=True)
 class InstanceFailed(Message):
-    """library or worker -> manager: the instance failed to start, or died."""
+    """library or worker -> manager: the instance failed to start, or died.
+
+    ``running``: the calls that were running when it died (from its crash journal), the
+    only ones the manager charges an attempt; None when the worker could not tell.
+    """
 
     instance_id: int
     reason: str
     traceback: str
     during_start: bool
+    running: tuple | None = None
+
+    def _validate(self) -> None:
+        if self.running is not None and not all(type(c) is int for c in self.running):
+            raise ProtocolError("instance-failed.running: not all ints")
 
 
 @message("stop-instance")
