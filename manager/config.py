@@ -35,7 +35,16 @@ class ManagerConfig:
         to listen on anything but loopback. Workers read it from ``Manager.secret_file``.
     secret_file: read the secret from this file (mode 0600); if the file does not exist,
         a new secret is generated and written there. See docs/security.md.
-    policy: which instance gets calls and where new instances go.
+    policy: which instance gets calls and where new instances go, and how many calls (and
+        bytes of arguments) an instance and a worker may hold.
+    max_queued: the most calls that may be unfinished at once (queued in the manager or
+        running); None: no cap. Each holds its pickled arguments in the manager's memory
+        until it ends, so this bounds the manager's memory under a burst.
+    queue_full: what ``call()``, ``submit()`` and ``map()`` do at ``max_queued``: "block"
+        (wait for calls to finish; ``map()`` hands the loop what it made so far first) or
+        "raise" (:class:`~serverless.QueueFull` at once, nothing queued; ``map()`` queues
+        all of its calls or none). A done-callback running on the manager's own thread
+        never blocks: it is let through.
     """
 
     host: str = "127.0.0.1"
@@ -53,8 +62,14 @@ class ManagerConfig:
     policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
     secret: str | bytes | bool | None = field(default=None, repr=False)
     secret_file: Path | None = None
+    max_queued: int | None = None
+    queue_full: str = "block"
 
     def __post_init__(self) -> None:
+        if self.max_queued is not None and self.max_queued < 1:
+            raise ValueError("max_queued must be >= 1 (or None: no cap)")
+        if self.queue_full not in ("block", "raise"):
+            raise ValueError('queue_full must be "block" or "raise"')
         if self.local_workers is not None and self.local_workers < 0:
             raise ValueError("local_workers must be >= 0")
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout:

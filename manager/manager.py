@@ -39,6 +39,7 @@ from .config import ManagerConfig
 from .future import CallFuture
 from .local_workers import LocalWorkers
 from .loop import ManagerLoop, WorkerInfo
+from .queue_limit import QueueLimit
 from .records import CallRecord
 from .scheduler import Scheduler
 
@@ -96,6 +97,10 @@ class Manager:
             raise
         # one callable shared by every future (not a bound method each), holding the loop only
         self._on_cancel = functools.partial(_tell_loop_cancelled, self._loop)
+        self._queue_limit: QueueLimit | None = None  # ManagerConfig.max_queued
+        if self.config.max_queued is not None:
+            self._queue_limit = QueueLimit(self.config.max_queued,
+                                           self.config.queue_full == "block", self._loop.thread)
         self._loop.start()
         # a Manager dropped or left open at exit stops its loop without joining it from the
         # garbage collector (which may run on the loop thread itself); see _abandon
@@ -165,8 +170,9 @@ class Manager:
     # --- calls ------------------------------------------------------------------------
 
     def call(self, library: str, function: str, /, *args: Any, **kwargs: Any) -> CallFuture:
-        """Run ``library.function(*args, **kwargs)`` remotely; returns a future at once."""
-        record = self._new_call(library, function, args, kwargs, None)
+        """Run ``library.function(*args, **kwargs)`` remotely; returns a future at once
+        (with ``max_queued`` set, it may first wait for room, or raise QueueFull)."""
+        record = self._new_limited_call(library, function, args, kwargs, None)
         self._loop.command("call", record)
         return record.future
 
@@ -176,17 +182,66 @@ class Manager:
 
         ``timeout`` (seconds) overrides the library's timeout for this call only.
         """
-        record = self._new_call(library, function, args, kwargs or {}, timeout)
+        record = self._new_limited_call(library, function, args, kwargs or {}, timeout)
         self._loop.command("call", record)
         return record.future
 
     def map(self, library: str, function: str, *iterables: Iterable[Any],
             timeout: float | None = None) -> Iterator[Any]:
-        """Like ``Executor.map``: submit every call at once, yield results in order."""
-        records = [self._new_call(library, function, args, {}, None) for args in zip(*iterables)]
-        self._loop.command("calls", records)
-        futures = [r.future for r in records]
+        """Like ``Executor.map``: submit every call at once, yield results in order.
+
+        With ``max_queued`` it submits what has room, waiting for more (or raising
+        QueueFull, then submitting none)."""
+        if self._queue_limit is None:
+            records = [self._new_call(library, function, args, {}, None) for args in zip(*iterables)]
+            self._loop.command("calls", records)
+            futures = [r.future for r in records]
+        else:
+            futures = self._limited_map(library, function, list(zip(*iterables)))
         return _results_in_order(futures, timeout)
+
+    def _new_limited_call(self, library: str, function: str, args: tuple, kwargs: dict,
+                          timeout: float | None) -> CallRecord:
+        limit = self._queue_limit
+        if limit is None:
+            return self._new_call(library, function, args, kwargs, timeout)
+        limit.take(1, self._check_open)
+        try:
+            record = self._new_call(library, function, args, kwargs, timeout)
+        except BaseException:
+            limit.give_back()
+            raise
+        record.future.add_done_callback(limit.give_back)
+        return record
+
+    def _limited_map(self, library: str, function: str, arguments: list[tuple]) -> list[Future]:
+        limit = self._queue_limit
+        assert limit is not None
+        futures: list[Future] = []
+        batch: list[CallRecord] = []
+
+        def hand_over() -> None:
+            if batch:
+                self._loop.command("calls", list(batch))
+                batch.clear()
+
+        if not limit.block:
+            limit.take(len(arguments), self._check_open)  # all or none
+        for index, args in enumerate(arguments):
+            if limit.block:
+                limit.take(1, self._check_open, before_wait=hand_over)
+            try:
+                record = self._new_call(library, function, args, {}, None)
+            except BaseException:  # e.g. an argument that cannot be pickled
+                limit.give_back(n=1 if limit.block else len(arguments) - index)
+                for record in batch:  # made, never queued: they end cancelled
+                    record.future.cancel()
+                raise
+            record.future.add_done_callback(limit.give_back)
+            batch.append(record)
+            futures.append(record.future)
+        hand_over()
+        return futures
 
     def cancel(self, future: Future) -> bool:
         """Cancel a call (queued or running); same as ``future.cancel()``."""

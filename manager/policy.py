@@ -52,6 +52,12 @@ class SchedulingPolicy:
     ``queue_seconds``: how much work (in seconds of measured run time) an instance may
     hold beyond what it is running, so that it never waits for the manager; the window is
     bounded by ``min_prefetch`` and ``max_prefetch`` calls per slot.
+
+    ``window_bytes`` and ``worker_bytes`` bound the same in bytes of arguments: beyond
+    ``slots + 1`` calls (every slot busy and one call ready), an instance is sent no call
+    that would take what it holds over ``window_bytes``, nor what all instances of its
+    worker hold over ``worker_bytes``. So fast calls with large arguments cannot pile up
+    in an agent or a library (docs/performance.md, memory under bursts).
     """
 
     instances: InstanceChooser = field(default_factory=MostRoomFirst)
@@ -60,3 +66,5 @@ class SchedulingPolicy:
     min_prefetch: int = 1
     initial_prefetch: int = 4
     max_prefetch: int = 1024
+    window_bytes: int = 16 << 20
+    worker_bytes: int = 64 << 20

@@ -10,6 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from serverless.protocol import arguments_size
+
 if TYPE_CHECKING:
     from serverless.serialization import Arguments
 
@@ -37,7 +39,7 @@ STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping
 class CallRecord:
     """One call from submission to its end. ``future`` is opaque to the scheduler."""
 
-    __slots__ = ("call_id", "library", "function", "args", "timeout", "future",
+    __slots__ = ("call_id", "library", "function", "args", "size", "timeout", "future",
                  "attempts", "instance_id", "cancelled")
 
     def __init__(self, call_id: int, library: str, function: str, args: Arguments,
@@ -46,6 +48,7 @@ class CallRecord:
         self.library = library
         self.function = function
         self.args = args
+        self.size = len(args) if type(args) is bytes else arguments_size(args)  # on the wire
         self.timeout = timeout
         self.future = future
         self.attempts = 0  # times it may have been running when its instance was lost
@@ -66,6 +69,8 @@ class WorkerRecord:
     used_cores: float = 0.0
     used_memory_mb: int = 0
     instances: set[int] = field(default_factory=set)
+    outstanding_bytes: int = 0  # arguments of the calls its instances hold
+    byte_blocked: bool = False  # a dispatch stopped at its byte budget: reschedule on results
 
     def fits(self, cores: float, memory_mb: int) -> bool:
         return (self.used_cores + cores <= self.cores + 1e-9
@@ -81,10 +86,12 @@ class InstanceRecord:
     memory_mb: int
     state: str = STARTING
     outstanding: dict[int, CallRecord] = field(default_factory=dict)
-    window: int = 1
+    window: int = 1  # how many calls it may hold: its slots plus the calls queued ahead
+    outstanding_bytes: int = 0  # their arguments' size, bounded too (SchedulingPolicy)
     served: int = 0
 
     def room(self) -> int:
+        """Calls it may still be sent (by count; the scheduler also checks bytes)."""
         return self.window - len(self.outstanding) if self.state == READY else 0
 
 

@@ -137,18 +137,27 @@ class Scheduler:
         finished = []
         total = 0.0
         ran = 0  # calls that ran: a call refused before running (duration 0) says nothing
+        freed = 0
         outstanding = instance.outstanding
         for call_id, status, payload, duration in entries:
             call = outstanding.pop(call_id, None)
             if call is None:
                 continue  # already retried elsewhere or cancelled
             finished.append((call, status, payload, duration))
+            freed += call.size
+            call.args = b""  # done with: the caller may keep the future, not the arguments
             if duration:
                 total += duration
                 ran += 1
         if not finished:
             return []
         instance.served += len(finished)
+        instance.outstanding_bytes -= freed
+        worker = self.workers.get(instance.worker_id)
+        unblocked = False
+        if worker is not None:
+            worker.outstanding_bytes -= freed
+            unblocked, worker.byte_blocked = worker.byte_blocked, False
         record = self.libraries.get(instance.library)
         if record is not None:
             record.crash_streak = 0
@@ -165,6 +174,8 @@ class Scheduler:
                 record.mean_duration = mean if previous is None else 0.8 * previous + 0.2 * mean
                 instance.window = self._window(record)
             actions += self._schedule(record)
+        if unblocked:  # other libraries' instances there may have waited for these bytes
+            actions += self._schedule_all()
         return actions
 
     def cancel(self, call: CallRecord) -> list[Action]:
@@ -311,18 +322,37 @@ class Scheduler:
         candidates = [self.instances[i] for i in record.instances]
         candidates = [i for i in candidates if i.room() > 0]
         chooser = self.policy.instances
+        window_bytes, worker_bytes = self.policy.window_bytes, self.policy.worker_bytes
+        slots = record.spec.slots
         while pending and candidates:
             instance = chooser.choose(candidates)
             room = instance.room()
+            worker = self.workers.get(instance.worker_id)
+            if worker is None:  # cannot happen: a lost worker's instances are gone with it
+                candidates.remove(instance)
+                continue
+            # calls up to slots + 1 go whatever their size; beyond, within both byte budgets
+            free = slots + 1 - len(instance.outstanding)
+            budget = min(window_bytes - instance.outstanding_bytes,
+                         worker_bytes - worker.outstanding_bytes)
             batch = []
+            sent = 0
             while pending and len(batch) < room:
                 call = pending.popleft()
                 if call.cancelled:
                     continue
+                if len(batch) >= free and sent + call.size > budget:
+                    pending.appendleft(call)
+                    if worker_bytes - worker.outstanding_bytes < window_bytes - instance.outstanding_bytes:
+                        worker.byte_blocked = True
+                    break
                 call.instance_id = instance.instance_id
                 instance.outstanding[call.call_id] = call
                 batch.append(call)
+                sent += call.size
             if batch:
+                instance.outstanding_bytes += sent
+                worker.outstanding_bytes += sent
                 actions.append(SendCalls(instance.worker_id, instance.instance_id, batch))
             candidates.remove(instance)
         return actions
@@ -444,6 +474,8 @@ class Scheduler:
             worker.instances.discard(instance_id)
             worker.used_cores -= instance.cores
             worker.used_memory_mb -= instance.memory_mb
+            worker.outstanding_bytes -= instance.outstanding_bytes
+        instance.outstanding_bytes = 0
         record = self.libraries.get(instance.library)
         if record is not None:
             record.instances.discard(instance_id)

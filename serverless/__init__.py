@@ -30,6 +30,7 @@ from .errors import (
     LibraryFailed,
     ManagerClosed,
     ProtocolError,
+    QueueFull,
     RemoteTraceback,
     ResultNotSerializable,
     ResultTooLarge,
@@ -77,6 +78,7 @@ __all__ = [
     "LibraryFailed",
     "WorkerLost",
     "ManagerClosed",
+    "QueueFull",
     "ProtocolError",
     "SecurityError",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "LibraryFailed",
     "WorkerLost",
     "ManagerClosed",
+    "QueueFull",
     "ProtocolError",
     "ProtocolVersionError",
     "SecurityError",
@@ -183,6 +184,11 @@ class WorkerLost(ServerlessError):
 
 class ManagerClosed(ServerlessError):
     """The manager shut down before the call finished, or was already shut down."""
+
+
+class QueueFull(ServerlessError):
+    """``Manager.call`` (or ``submit``, ``map``) found ``max_queued`` calls unfinished and the
+    manager was set to refuse rather than wait (``queue_full="raise"``); nothing was queued."""
 
 
 class ProtocolError(ServerlessError):
