@@ -49,7 +49,7 @@ from concurrent.futures._base import (
 )
 from typing import Any
 
-__all__ = ["CallFuture", "PENDING", "run_callbacks"]
+__all__ = ["CallFuture", "PENDING", "run_callbacks", "on_callback_thread"]
 
 log = logging.getLogger("serverless.manager")
 
@@ -219,3 +219,8 @@ _CALLBACKS = _CallbackThread()
 def run_callbacks(future: Future) -> None:
     """Run ``future``'s done-callbacks on the callback thread (it has ended)."""
     _CALLBACKS.submit(future)
+
+
+def on_callback_thread() -> bool:
+    """Whether the caller runs on the done-callback thread (a callback that makes calls)."""
+    return threading.current_thread() is _CALLBACKS._thread

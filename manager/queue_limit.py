@@ -2,10 +2,11 @@
 
 A call takes a place when it is made (in the caller's thread, before anything is queued)
 and gives it back when its future ends, whatever the ending (a done-callback, which the
-future runs exactly once). At the cap, a caller waits for a place or gets
-:class:`~serverless.QueueFull`, as configured. The manager's loop thread itself never
-waits (a done-callback that makes calls, as Parsl's DataFlowKernel does, runs there, and
-only the loop can end the calls that would free a place): it is let through.
+future runs exactly once, on the manager's callback thread just after the future ends).
+At the cap, a caller waits for a place or gets :class:`~serverless.QueueFull`, as
+configured. The manager's loop thread and its callback thread never wait: a done-callback
+that makes calls (Parsl's DataFlowKernel does) runs on the callback thread, which is the
+thread that gives places back; it is let through.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from serverless.errors import QueueFull
+
+from .future import on_callback_thread
 
 __all__ = ["QueueLimit"]
 
@@ -37,8 +40,8 @@ class QueueLimit:
         calling ``before_wait`` once, outside the lock: ``map()`` hands over its calls)."""
         with self._changed:
             while self._count + n > self.limit:
-                if threading.current_thread() is self._loop_thread:
-                    break  # the loop cannot wait for itself
+                if threading.current_thread() is self._loop_thread or on_callback_thread():
+                    break  # they end the calls that would free a place: never wait there
                 if not self.block or n > self.limit:
                     raise QueueFull(
                         f"{self._count:,} calls are unfinished and max_queued is {self.limit:,}"
