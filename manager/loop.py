@@ -39,6 +39,7 @@ from serverless.protocol import (
     InstanceFailed,
     InstanceReady,
     InstanceStopped,
+    InstanceWarning,
     Message,
     Register,
     Reject,
@@ -117,6 +118,7 @@ class ManagerLoop:
         self._sleeping = False
         self._wake_pending = False  # a byte is in the wake-up pipe, the loop will see it
         self._workers: dict[bytes, WorkerInfo] = {}
+        self.warnings: list[str] = []  # what instances said once (InstanceWarning); appended only
         self._told_to_stop: set[int] = set()  # pids of workers sent Shutdown
         self._stop_reason: str | None = None  # set by the "stop" command: the loop ends
         self._stopped = threading.Event()
@@ -351,6 +353,9 @@ class ManagerLoop:
             log.warning("instance %d on %s failed: %s", msg.instance_id, worker.worker_id, msg.reason)
             self._perform(scheduler.instance_failed(msg.instance_id, msg.reason, msg.traceback,
                                                     msg.during_start, msg.running))
+        elif isinstance(msg, InstanceWarning):
+            log.warning("instance %d on %s: %s", msg.instance_id, worker.worker_id, msg.text)
+            self.warnings.append(f"instance {msg.instance_id} on {worker.worker_id}: {msg.text}")
         elif isinstance(msg, InstanceStopped):
             self._perform(scheduler.instance_stopped(msg.instance_id))
         elif isinstance(msg, Goodbye):

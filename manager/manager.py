@@ -135,6 +135,11 @@ class Manager:
         """The workers connected now."""
         return self._loop.workers()
 
+    def warnings(self) -> list[str]:
+        """What library instances reported once (also logged as warnings), oldest first:
+        e.g. an instance that forks calls while it has several threads."""
+        return list(self._loop.warnings)
+
     def local_worker_pids(self) -> list[int]:
         local = self._loop.local_workers
         return local.pids() if local is not None else []

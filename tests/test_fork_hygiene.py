@@ -55,3 +55,30 @@ def test_a_call_s_child_has_the_default_sigint_handler(manager):
     manager.install(serverless.Library("sig", [_sigint_in_a_call], slots=1))
     for _ in range(2):  # a spare child, then a child forked for the call
         assert manager.call("sig", "_sigint_in_a_call").result(timeout=60) == (True, False, True)
+
+
+def _setup_that_starts_a_thread():
+    import threading
+
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, name="background-poller", daemon=True).start()
+    return stop
+
+
+def test_a_library_that_forks_with_other_threads_is_reported_once(tmp_path):
+    lib = serverless.Library("threaded", [_echo], setup=_setup_that_starts_a_thread, slots=1)
+    plain = serverless.Library("plain", [_echo], slots=1)
+    with serverless.Manager(local_cores=2, log_dir=tmp_path / "logs", **FAST) as m:
+        m.install(lib)
+        m.install(plain)
+        assert [m.call("threaded", "_echo", i).result(timeout=60) for i in range(5)] == list(range(5))
+        assert [m.call("plain", "_echo", i).result(timeout=60) for i in range(5)] == list(range(5))
+        deadline = time.monotonic() + 30
+        while not m.warnings() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        warnings = m.warnings()
+    assert len(warnings) == 1, warnings
+    assert "'threaded'" in warnings[0] and "2 threads when it forks" in warnings[0]
+    assert "background-poller" in warnings[0] and "OPENBLAS_NUM_THREADS=1" in warnings[0]
+    log_text = next((tmp_path / "logs" / "worker-0").glob("threaded-*.log")).read_text()
+    assert log_text.count("threads when it forks") == 1

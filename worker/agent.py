@@ -6,6 +6,7 @@
             --StopInstance--------------> forward; once the process exits: InstanceStopped
             --Shutdown------------------> stop every instance, exit
     library --InstanceReady/Failed------> forward to the manager
+            --InstanceWarning-----------> log it, forward to the manager
             --Results-------------------> forward to the manager, payload untouched (a batch
                                           over the manager's max_message_bytes is split, a
                                           result too large alone fails its call:
@@ -57,6 +58,7 @@ from serverless.protocol import (
     InstanceFailed,
     InstanceReady,
     InstanceStopped,
+    InstanceWarning,
     Message,
     Register,
     Reject,
@@ -305,6 +307,8 @@ class WorkerAgent:
                 continue
             if isinstance(msg, InstanceReady):
                 handle.ready = True
+            elif isinstance(msg, InstanceWarning):
+                log.warning("library %s#%d: %s", handle.library, handle.instance_id, msg.text)
             elif isinstance(msg, InstanceFailed):
                 handle.stopping = True  # its exit needs no second report
             else:

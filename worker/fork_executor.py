@@ -67,7 +67,7 @@ from .journal import Journal
 from .limits import memory_limit
 from .processes import parent_death_signal
 
-__all__ = ["ForkExecutor", "REAP_INTERVAL", "SPARE_MAX_ARGS", "CHILD_SIGNALS"]
+__all__ = ["ForkExecutor", "REAP_INTERVAL", "SPARE_MAX_ARGS", "CHILD_SIGNALS", "thread_count"]
 
 _LENGTH = struct.Struct("!Q")
 _READABLE = 0x001  # select.EPOLLIN == select.POLLIN
@@ -77,6 +77,7 @@ _CANCELLED = int(CallStatus.CANCELLED)
 _OUT_OF_MEMORY = int(CallStatus.OUT_OF_MEMORY)
 REAP_INTERVAL = 0.01  # seconds: how soon an idle loop comes back to reap exiting children
 CLOSED_PIPE_GRACE = 1.0  # seconds a child that closed its result pipe has to exit, then killed
+THREAD_CHECK_INTERVAL = 1.0  # seconds between looks at the library's thread count, at a fork
 SPARE_MAX_ARGS = 32768  # bytes: a call with bigger arguments forks instead (a pipe holds 64 KiB)
 # what the library process changed and a call's child must get back as a fresh interpreter
 # has it (an ignored signal stays ignored across exec, into programs the call starts)
@@ -135,6 +136,7 @@ class ForkExecutor:
         memory_mb: int = 0,
         spares: bool = True,
         journal: Journal | None = None,
+        on_threads: Callable[[int], None] | None = None,
     ) -> None:
         self._functions = functions
         self._slots = slots
@@ -152,6 +154,8 @@ class ForkExecutor:
         self._use_spares = spares
         self._spare: _Spare | None = None
         self._journal = journal  # told which calls run: see .journal
+        self._on_threads = on_threads  # told once if the library forks with other threads
+        self._next_thread_check = 0.0  # inf once told
         cheap_threading_fork_hook()
 
     # --- what the loop calls ----------------------------------------------------------
@@ -277,6 +281,7 @@ class ForkExecutor:
 
     def _fork(self, entry: tuple) -> None:
         read_fd, write_fd = os.pipe()
+        self._check_threads()
         _flush_stdio()
         pid = os.fork()
         if pid == 0:  # the child
@@ -284,9 +289,23 @@ class ForkExecutor:
         os.close(write_fd)
         self._track(pid, entry, read_fd)
 
+    def _check_threads(self) -> None:
+        """At most once a second, at a fork: does the library have other threads? Said once."""
+        if self._on_threads is None:
+            return
+        now = time.monotonic()
+        if now < self._next_thread_check:
+            return
+        self._next_thread_check = now + THREAD_CHECK_INTERVAL
+        count = thread_count()
+        if count > 1:
+            self._next_thread_check = float("inf")
+            self._on_threads(count)
+
     def _fork_spare(self) -> None:
         call_read, call_write = os.pipe()
         result_read, result_write = os.pipe()
+        self._check_threads()
         _flush_stdio()
         pid = os.fork()
         if pid == 0:  # the spare: waits for its call, then runs it like any child
@@ -523,3 +542,11 @@ def _flush_stdio() -> None:
             stream.flush()
         except (AttributeError, ValueError, OSError):  # None, closed, or a broken pipe
             pass
+
+
+def thread_count() -> int:
+    """Threads of this process, native ones included (BLAS pools, gRPC...): one stat()."""
+    try:
+        return os.stat("/proc/self/task").st_nlink - 2  # Linux: "." and ".." plus one per thread
+    except OSError:
+        return threading.active_count()

@@ -39,6 +39,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -52,6 +53,7 @@ from serverless.protocol import (
     Deploy,
     InstanceFailed,
     InstanceReady,
+    InstanceWarning,
     Message,
     StopInstance,
     StreamDecoder,
@@ -66,7 +68,7 @@ from serverless.serialization import loads_by_value
 from .direct_executor import DirectExecutor
 from .fork_executor import ForkExecutor
 from .journal import Journal, create_journal
-from .processes import die_with_parent, set_title
+from .processes import THREAD_VARIABLES, die_with_parent, set_title
 
 __all__ = ["main", "LibraryRuntime"]
 
@@ -92,6 +94,7 @@ class LibraryRuntime:
         self._results: list[tuple] = []
         self._held_since = 0.0  # when the oldest result not yet sent arrived (fork mode)
         self._instance_id = -1
+        self._library = ""
         self._executor: ForkExecutor | DirectExecutor | None = None
 
     # --- start-up ---------------------------------------------------------------------
@@ -99,6 +102,7 @@ class LibraryRuntime:
     def start(self) -> None:
         deploy = self._receive_deploy()
         self._instance_id = deploy.instance_id
+        self._library = deploy.library
         set_title(f"library {deploy.library}#{deploy.instance_id} ({deploy.mode})")
         try:
             payload = loads_by_value(deploy.payload)
@@ -153,7 +157,14 @@ class LibraryRuntime:
             inherited_fds=(self._sock.fileno(), self._poller.fileno()),
             memory_mb=deploy.memory_mb,
             journal=self._journal,
+            on_threads=self._threads_at_fork,
         )
+
+    def _threads_at_fork(self, count: int) -> None:
+        """The library forks with other threads: say so once, in its log and to the manager."""
+        text = threads_warning(self._library, self._instance_id, count)
+        print(f"serverless: warning: {text}", file=sys.stderr, flush=True)
+        self._send(InstanceWarning(self._instance_id, text))
 
     def _emit(self, entry: tuple) -> None:
         """A call ended: its result waits in the batch, and in the journal until sent."""
@@ -245,6 +256,20 @@ class LibraryRuntime:
 
     def _send(self, msg: Message) -> None:
         self._sock.sendall(b"".join(pack_stream(encode(msg))))
+
+
+def threads_warning(library: str, instance_id: int, count: int) -> str:
+    """What to tell the user when a fork-mode library forks with several threads."""
+    names = ", ".join(t.name for t in threading.enumerate())
+    limits = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_VARIABLES
+                       if name in os.environ)
+    return (f"library {library!r} instance {instance_id} has {count} threads when it forks "
+            f"(Python threads: {names}). A forked call gets only the forking thread, and a "
+            "lock another thread held stays locked in the child (a hang). Threads are usually "
+            "started by imports or setup(): BLAS/OpenMP pools (limited here: "
+            f"{limits or 'none set'}), gRPC, logging handlers, clients with background "
+            "threads. Start them inside the call instead, set the library's env= to keep "
+            "thread pools at 1, or use mode='direct'. See docs/reliability.md (threads).")
 
 
 def main(argv: list[str] | None = None) -> int:

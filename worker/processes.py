@@ -15,7 +15,7 @@ except ImportError:  # a library process in an environment without it: titles ar
     setproctitle = None
 
 __all__ = ["die_with_parent", "parent_death_signal", "set_title", "thread_limit_env",
-           "library_environment"]
+           "library_environment", "THREAD_VARIABLES"]
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -61,7 +61,7 @@ def set_title(title: str) -> None:
         setproctitle.setproctitle(f"serverless {title}")
 
 
-_THREAD_VARIABLES = (
+THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -75,7 +75,7 @@ def thread_limit_env(cores: float, slots: int) -> dict[str, str]:
     """Thread-count variables so that ``slots`` concurrent calls share ``cores`` without
     oversubscription (each call's BLAS/OpenMP pool gets its share, at least one thread)."""
     share = max(1, int(cores // max(1, slots)))
-    return {name: str(share) for name in _THREAD_VARIABLES}
+    return {name: str(share) for name in THREAD_VARIABLES}
 
 
 def library_environment(inherited: Mapping[str, str], cores: float, slots: int,

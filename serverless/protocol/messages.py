@@ -44,6 +44,7 @@ __all__ = [
     "Deploy",
     "InstanceReady",
     "InstanceFailed",
+    "InstanceWarning",
     "StopInstance",
     "InstanceStopped",
     "Calls",
@@ -267,6 +268,16 @@ class InstanceFailed(Message):
     def _validate(self) -> None:
         if self.running is not None and not all(type(c) is int for c in self.running):
             raise ProtocolError("instance-failed.running: not all ints")
+
+
+@message("instance-warning")
+@dataclass(frozen=True, slots=True)
+class InstanceWarning(Message):
+    """library -> worker -> manager: something the user should know about an instance,
+    said once (e.g. it has several threads when it forks)."""
+
+    instance_id: int
+    text: str
 
 
 @message("stop-instance")
