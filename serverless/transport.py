@@ -1,9 +1,10 @@
 """The zmq sockets between the manager and its workers, set up in one place.
 
 The manager binds a ROUTER; each worker connects a DEALER whose identity is its name.
-Both sides set unlimited high-water marks (flow is bounded by the scheduler's per-instance
-windows, not by zmq dropping messages) and the ROUTER is ``ROUTER_MANDATORY``, so a send to
-a peer that is gone raises instead of vanishing. Sockets close with ``linger=0``.
+Both sides set unlimited high-water marks (flow is bounded by the scheduler's windows, in
+calls and in bytes per instance and per worker, not by zmq dropping messages) and the
+ROUTER is ``ROUTER_MANDATORY``, so a send to a peer that is gone raises instead of
+vanishing. Sockets close with ``linger=0``.
 Both set MAXMSGSIZE: a peer that sends a larger frame has its connection dropped by zmq.
 
 Security (see :mod:`serverless.security` and docs/security.md). With keys, the ROUTER is a
