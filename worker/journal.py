@@ -10,7 +10,7 @@ outlive the process, at the cost of a few memory writes per call and no system c
 
     agent:   memfd_create, ftruncate ------ fd passed at start ------> library: mmap (writer)
     library: before a call:   running ids <- [call ids]           (header)
-             a result:        append (length, pickle(entry))      (records)
+             a result:        append (call id, status, duration, payload)  (records)
              results sent:    records emptied
     agent:   the library ended (EOF): mmap (reader), read_journal -> (entries, running ids)
 
@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import mmap
 import os
-import pickle
 import struct
 from collections.abc import Iterable
 
 from serverless.errors import ProtocolError
-from serverless.protocol import safe_loads
 
 __all__ = ["Journal", "create_journal", "read_journal", "without_results", "JOURNAL_BYTES",
            "MAX_RUNNING"]
@@ -39,10 +37,9 @@ _USED = struct.Struct("=Q")  # offset 0: bytes of records after the header
 _COUNT = struct.Struct("=Q")  # offset 8: how many running ids follow (UNKNOWN: too many)
 _ONE = struct.Struct("=QQ")  # offset 8: a count of 1 and the id, in one write (direct mode)
 _ID = struct.Struct("=Q")
-_LENGTH = struct.Struct("=I")
+_RECORD = struct.Struct("=QIdI")  # a result: call id, status, duration, payload length
 MAX_RUNNING = (_HEADER - 16) // _ID.size
 _UNKNOWN = (1 << 64) - 1
-_PICKLE = 5
 
 
 def create_journal(name: str) -> int:
@@ -68,17 +65,17 @@ class Journal:
     def record(self, entry: tuple) -> bool:
         """Keep a result until it is sent; False if it does not fit (send everything now)."""
         payload = entry[2]
-        if type(payload) is not bytes or len(payload) > JOURNAL_BYTES // 4:
-            return False  # large or out of band: not worth copying, send at once
-        data = pickle.dumps(entry, _PICKLE)
+        if type(payload) is not bytes:
+            return False  # out-of-band buffers: large, not worth copying, send at once
+        view = self._map
         start = _HEADER + self._used
-        end = start + _LENGTH.size + len(data)
+        end = start + _RECORD.size + len(payload)
         if end > JOURNAL_BYTES:
             return False
-        _LENGTH.pack_into(self._map, start, len(data))
-        self._map[start + _LENGTH.size:end] = data
+        _RECORD.pack_into(view, start, entry[0], entry[1], entry[3], len(payload))
+        view[start + _RECORD.size:end] = payload
         self._used = end - _HEADER
-        _USED.pack_into(self._map, 0, self._used)
+        _USED.pack_into(view, 0, self._used)
         return True
 
     def sent(self) -> None:
@@ -119,7 +116,7 @@ class Journal:
 def read_journal(fd: int) -> tuple[list[tuple], tuple[int, ...] | None]:
     """The agent's side, once the library has ended: the result entries it had not sent
     and the ids of the calls it was running (None: unknown). Malformed content raises
-    ProtocolError (the library is user code; nothing in the journal is trusted)."""
+    ProtocolError; payloads stay opaque bytes, as in any Results batch."""
     with mmap.mmap(fd, JOURNAL_BYTES, prot=mmap.PROT_READ) as view:
         (used,) = _USED.unpack_from(view, 0)
         (count,) = _COUNT.unpack_from(view, 8)
@@ -131,16 +128,14 @@ def read_journal(fd: int) -> tuple[list[tuple], tuple[int, ...] | None]:
         entries = []
         pos, end = _HEADER, _HEADER + used
         while pos < end:
-            (length,) = _LENGTH.unpack_from(view, pos)
-            pos += _LENGTH.size
+            if pos + _RECORD.size > end:
+                raise ProtocolError("journal: truncated record")
+            call_id, status, duration, length = _RECORD.unpack_from(view, pos)
+            pos += _RECORD.size
             if pos + length > end:
                 raise ProtocolError("journal: truncated record")
-            entry = safe_loads(view[pos:pos + length])
+            entries.append((call_id, status, view[pos:pos + length], duration))
             pos += length
-            if (type(entry) is not tuple or len(entry) != 4 or type(entry[0]) is not int
-                    or type(entry[1]) is not int or type(entry[2]) is not bytes):
-                raise ProtocolError("journal: malformed result entry")
-            entries.append(entry)
         return entries, running
 
 
