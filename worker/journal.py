@@ -39,6 +39,7 @@ _ONE = struct.Struct("=QQ")  # offset 8: a count of 1 and the id, in one write (
 _ID = struct.Struct("=Q")
 _RECORD = struct.Struct("=QIdI")  # a result: call id, status, duration, payload length
 MAX_RUNNING = (_HEADER - 16) // _ID.size
+_RUNNING: dict[int, struct.Struct] = {}  # layouts of the count and that many ids, made once
 _UNKNOWN = (1 << 64) - 1
 
 
@@ -103,11 +104,14 @@ class Journal:
 
     def _write_running(self) -> None:
         running = self._running
-        if len(running) > MAX_RUNNING:
+        count = len(running)
+        if count > MAX_RUNNING:
             _COUNT.pack_into(self._map, 8, _UNKNOWN)
             return
-        struct.pack_into(f"={len(running)}Q", self._map, 16, *running)
-        _COUNT.pack_into(self._map, 8, len(running))
+        layout = _RUNNING.get(count)
+        if layout is None:
+            layout = _RUNNING[count] = struct.Struct(f"=Q{count}Q")  # the count, then the ids
+        layout.pack_into(self._map, 8, count, *running)
 
     def close(self) -> None:
         self._map.close()

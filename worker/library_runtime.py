@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     die_with_parent(int(argv[1]))
     faulthandler.enable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when we stop
+    # the agent decides when we stop; blocked, not ignored: a forked call unblocks it cheaply
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     sock = socket.socket(fileno=int(argv[0]))
     sock.set_inheritable(False)  # processes the setup starts must not hold the agent's socket
     sock.setblocking(True)
