@@ -54,6 +54,21 @@ def work(data_dir: Any, index: int, modules: tuple[str, ...]) -> tuple[int, int]
     return agent, len(data)
 
 
+def footprint() -> tuple[int, int]:
+    """Bytes and number of the environment's files this library process loaded (modules
+    and shared objects): what each library start reads from a shared FS in the baseline."""
+    import os
+    import sys
+    files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("/"):
+                files.add(parts[5])
+    mine = [f for f in files if f and f.startswith(sys.prefix + "/") and os.path.isfile(f)]
+    return sum(os.path.getsize(f) for f in mine), len(mine)
+
+
 @dataclass
 class RunResult:
     system: str
@@ -126,7 +141,7 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
     """``calls`` calls over ``workers`` fresh workers; ``dataset`` is what calls get (a
     File or a shared directory's path)."""
     root.mkdir(parents=True, exist_ok=True)
-    lib = serverless.Library("data-bench", [work], environment=serverless.Environment(environment),
+    lib = serverless.Library("data-bench", [work, footprint], environment=serverless.Environment(environment),
                              imports=list(modules), slots=int(cores), cores=cores)
     env_dirs = [shared_env_dir] if shared_env_dir else [root / f"worker-{i}" / "envs"
                                                          for i in range(workers)]
@@ -158,6 +173,7 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
             for future in futures:
                 future.result(timeout=1800)
             total = time.perf_counter() - started
+            loaded_bytes, loaded_files = m.call("data-bench", "footprint").result(timeout=60)
             pids = {p.pid for p in procs}
             me = os.getpid()
             listening = {c.laddr.port for c in psutil.Process(me).net_connections("tcp")
@@ -181,7 +197,9 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
     unpacks, files = _unpacks(env_dirs)
     return RunResult(system, workers, calls, round(total, 3), firsts, manager_sent,
                      peer_received, worker_received, unpacks - unpacks_before,
-                     files - files_before)
+                     files - files_before,
+                     {"library_start_reads_bytes": loaded_bytes,
+                      "library_start_reads_files": loaded_files})
 
 
 def clean(root: Path) -> None:
