@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -73,7 +74,9 @@ class Environment:
 
     def describe(self) -> dict:
         """What a Deploy carries to the worker (``options["environment"]``)."""
-        return {"kind": self.kind, "path": str(self.path), "id": self.id, "size": self.size}
+        return {"kind": self.kind, "path": str(self.path), "id": self.id, "size": self.size,
+                # functions travel as this interpreter's code objects: the library must match
+                "python": "%d.%d" % sys.version_info[:2]}
 
     def __repr__(self) -> str:
         return f"Environment({str(self.path)!r})"

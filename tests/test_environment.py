@@ -267,3 +267,33 @@ def test_serverless_pack_says_what_is_wrong(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "neither a conda environment" in done.stderr
+
+
+def _other_minor_python() -> str | None:
+    """An interpreter of another minor version than this one, if the machine has one."""
+    import glob
+    import shutil
+    for minor in (12, 13, 11, 10):
+        if minor == sys.version_info[1]:
+            continue
+        candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3")))
+        candidates += [shutil.which(f"python3.{minor}") or ""]
+        for found in filter(None, candidates):
+            if subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0:
+                return found
+    return None
+
+
+def test_an_environment_of_another_python_version_fails_with_the_reason(tmp_path, monkeypatch):
+    other = _other_minor_python()
+    if other is None:
+        pytest.skip("no Python of another minor version on this machine")
+    subprocess.run([other, "-m", "venv", "--without-pip", str(tmp_path / "other")], check=True)
+    archive = _tar(tmp_path / "other", tmp_path / "other.tar.gz")
+    monkeypatch.setenv("SERVERLESS_ENV_DIR", str(tmp_path / "envs"))
+    lib = serverless.Library("otherpy", [where_am_i], environment=archive)
+    with serverless.Manager(local_cores=2, log_dir=tmp_path / "logs", **FAST) as m:
+        m.install(lib)
+        with pytest.raises(serverless.LibraryFailed) as info:
+            m.call("otherpy", "where_am_i").result(timeout=60)
+    assert "the manager runs %d.%d" % sys.version_info[:2] in str(info.value)

@@ -47,7 +47,14 @@ def main():
         print(f"serverless: the environment's Python {sys.version.split()[0]} is older than "
               f"{'.'.join(map(str, MINIMUM))}, which the library runtime needs", file=sys.stderr)
         return 3
-    install()
+    spec = install()
+    wanted = spec.get("python")
+    found = "%d.%d" % sys.version_info[:2]
+    if wanted and wanted != found and spec.get("instance", -1) >= 0:
+        _fail(spec["instance"], int(sys.argv[2]),
+              f"the environment's Python is {found} but the manager runs {wanted}: functions "
+              f"travel as {wanted} code objects, so the environment needs Python {wanted}")
+        return 3
     module = sys.argv[1]
     sys.argv = sys.argv[1:]
     return importlib.import_module(module).main()
@@ -58,6 +65,18 @@ def install():
     spec = json.loads(os.environ[VARIABLE])
     sys.meta_path.insert(0, _Folders(spec["packages"]))
     sys.meta_path.append(_Folders(spec["fallback"]))
+    return spec
+
+
+def _fail(instance_id, fd, reason):
+    """Tell the agent (as the library runtime would) that this instance cannot start."""
+    import socket
+
+    from serverless.protocol import InstanceFailed, encode, pack_stream
+    with socket.socket(fileno=fd) as sock:
+        sock.setblocking(True)
+        sock.sendall(b"".join(pack_stream(encode(InstanceFailed(
+            instance_id, f"environment: {reason}", "", True)))))
 
 
 if __name__ == "__main__":

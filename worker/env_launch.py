@@ -55,7 +55,7 @@ def launch_spec(environment: dict | None, env_dir: Path, local: Path | None = No
     if environment is None:
         return None
     spec = {"kind": environment["kind"], "path": environment["path"], "id": environment["id"],
-            "env_dir": str(env_dir), "check": local is None}
+            "env_dir": str(env_dir), "check": local is None, "python": environment.get("python")}
     if local is not None:
         spec["path"] = str(local)
     return spec
@@ -73,9 +73,10 @@ def launch_variables(spec: dict, user_env: dict[str, str]) -> dict[str, str]:
     return {LAUNCH_VARIABLE: json.dumps({**spec, "user_env": dict(user_env)})}
 
 
-def bootstrap_spec() -> str:
+def bootstrap_spec(python: str | None = None, instance_id: int = -1) -> str:
     """Where this interpreter's serverless (and its pure-Python dependencies) live, for
-    env_bootstrap.py in another interpreter."""
+    env_bootstrap.py in another interpreter; with the Python version (``"3.11"``) the
+    manager's functions need, and the instance to fail if the environment's differs."""
     import cloudpickle
 
     import serverless
@@ -91,6 +92,8 @@ def bootstrap_spec() -> str:
         "packages": {"serverless": os.path.dirname(serverless.__file__),
                      "serverless.worker": os.path.dirname(serverless.worker.__file__)},
         "fallback": fallback,
+        "python": python,
+        "instance": instance_id,
     })
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap = os.path.join(os.path.dirname(os.path.abspath(__file__)), "env_bootstrap.py")
         env = environment_variables(os.environ, prepared)
         env.update(spec.get("user_env", {}))
-        env[BOOTSTRAP_VARIABLE] = bootstrap_spec()
+        env[BOOTSTRAP_VARIABLE] = bootstrap_spec(spec.get("python"), instance_id)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(prepared.python, [str(prepared.python), bootstrap,
