@@ -45,6 +45,7 @@ class ManagerConfig:
         "raise" (:class:`~serverless.QueueFull` at once, nothing queued; ``map()`` queues
         all of its calls or none). A done-callback running on the manager's own thread
         never blocks: it is let through.
+    upload_cap: transfers of input files one source (the manager, a worker) serves at once.
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +65,7 @@ class ManagerConfig:
     secret_file: Path | None = None
     max_queued: int | None = None
     queue_full: str = "block"
+    upload_cap: int = 4
 
     def __post_init__(self) -> None:
         if self.max_queued is not None and self.max_queued < 1:
@@ -76,6 +78,8 @@ class ManagerConfig:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
         if self.max_retries < 0 or self.max_start_failures < 1:
             raise ValueError("max_retries must be >= 0 and max_start_failures >= 1")
+        if self.upload_cap < 1:
+            raise ValueError("upload_cap must be >= 1")
         if self.log_dir is not None:
             self.log_dir = Path(self.log_dir)
         if not 65536 <= self.max_message_bytes <= 2**62:

@@ -34,6 +34,7 @@ from serverless.protocol import (
     CallStatus,
     Cancel,
     Deploy,
+    Gate,
     Goodbye,
     Heartbeat,
     InstanceFailed,
@@ -59,6 +60,7 @@ from serverless.security import CurveKeys
 from serverless.transport import bind_router, new_context
 
 from .config import ManagerConfig
+from .data import ManagerData
 from .future import PENDING
 from .local_workers import LocalWorkers
 from .records import (
@@ -107,6 +109,8 @@ class ManagerLoop:
         except BaseException:  # e.g. the port is in use: leave no context (and thread) behind
             self._context.term()
             raise
+        self.data = ManagerData(config.host, keys, config.upload_cap)  # files (manager.data)
+        scheduler.data = self.data.directory  # locality: the bytes a worker lacks
         self._commands: deque[tuple[str, Any]] = deque()
         # held across "is the loop still taking commands?" and the append, so nothing is
         # queued after the loop has drained the deque for the last time
@@ -271,6 +275,8 @@ class ManagerLoop:
 
     def _tick(self, now: float) -> None:
         self._perform(self.scheduler.tick(now))
+        for worker_id, reply in self.data.directory.tick(now):
+            self._send_to(worker_id, reply)
         timeout = self.config.heartbeat_timeout
         interval = self.config.heartbeat_interval
         for identity, worker in list(self._workers.items()):
@@ -347,6 +353,9 @@ class ManagerLoop:
             self._perform(scheduler.results(msg.instance_id, batch_entries(msg)))
         elif isinstance(msg, Heartbeat):
             pass
+        elif (data := self.data.on_message(worker.worker_id, msg)) is not None:
+            for worker_id, reply in data:
+                self._send_to(worker_id, reply)
         elif isinstance(msg, InstanceReady):
             self._perform(scheduler.instance_ready(msg.instance_id))
         elif isinstance(msg, InstanceFailed):
@@ -373,6 +382,8 @@ class ManagerLoop:
         if notify:  # if it is only frozen, it must stop when it wakes
             self._send(identity, Shutdown(f"declared lost: {reason}"))
         self._perform(self.scheduler.worker_lost(worker.worker_id, reason))
+        for worker_id, reply in self.data.directory.worker_lost(worker.worker_id):
+            self._send_to(worker_id, reply)
 
     # --- carrying out actions ---------------------------------------------------------
 
@@ -380,8 +391,12 @@ class ManagerLoop:
         for action in actions:
             if isinstance(action, SendCalls):
                 # CallRecord.entry(), inline: this runs once per call
-                entries = [(c.call_id, c.function, c.args, c.timeout) for c in action.calls]
-                self._send_calls(action.worker_id, action.instance_id, entries)
+                entries = [(c.call_id, c.function, c.args, c.timeout) for c in action.calls
+                           if not c.files]
+                if entries:
+                    self._send_calls(action.worker_id, action.instance_id, entries)
+                if len(entries) < len(action.calls):
+                    self._send_gated(action)
             elif isinstance(action, CallsFinished):
                 for call, status, payload, _duration in action.results:
                     resolve(call, status, payload)
@@ -417,6 +432,15 @@ class ManagerLoop:
             status = int(CallStatus.ARGUMENTS_TOO_LARGE)
             self._perform(self.scheduler.results(instance_id, [
                 (call_id, status, safe_dumps((size, limit)), 0.0) for call_id, size in too_large]))
+
+    def _send_gated(self, action: SendCalls) -> None:
+        """Each call with input files goes alone, after a Gate naming them: the worker
+        holds it until they are in its cache, and only it (see worker.data.gates)."""
+        for c in action.calls:
+            if c.files:
+                self._send_to(action.worker_id, Gate(action.instance_id, c.files))
+                self._send_calls(action.worker_id, action.instance_id,
+                                 [(c.call_id, c.function, c.args, c.timeout)])
 
     def _accepts(self, worker_id: str) -> int:
         """The largest message worker ``worker_id`` accepts."""
@@ -477,6 +501,7 @@ class ManagerLoop:
         for step in (lambda: self._fail_everything(leftovers, closed),
                      self._stop_local_workers,
                      lambda: self._sock.close(linger=500),  # let Shutdown messages go out
+                     self.data.close,
                      self._context.term,
                      lambda: os.close(self._wake_r),
                      lambda: os.close(self._wake_w),

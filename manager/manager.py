@@ -30,6 +30,7 @@ from serverless.errors import (
     UnknownFunction,
     UnknownLibrary,
 )
+from serverless.data.file import find_files
 from serverless.library import Library
 from serverless.protocol import arguments_size, call_budget, call_size
 from serverless.security import ManagerSecret
@@ -266,6 +267,7 @@ class Manager:
             raise ValueError("timeout must be positive seconds")
         if type(args) is not tuple:
             args = tuple(args)
+        files = self._declare_files(args, kwargs)
         blob = dumps_args(args, kwargs)
         if type(blob) is not bytes or len(blob) > self._argument_room:  # else: it fits
             size = call_size(function, blob)
@@ -280,7 +282,24 @@ class Manager:
         record = CallRecord(call_id, library, function, blob,
                             timeout if timeout is not None else spec.timeout, future)
         future.record = record
+        record.files = files
         return record
+
+    def _declare_files(self, args: tuple, kwargs: dict) -> tuple:
+        """The FileSpecs of the serverless.File arguments, resolved now (hashed once per
+        stat identity), so a missing path raises here and nothing is queued."""
+        if not args and not kwargs:
+            return ()
+        found = list(find_files(args))
+        if kwargs:
+            found += find_files(kwargs)
+        if not found:
+            return ()
+        specs = {}
+        for file in found:
+            spec, _ = file.resolve(self._loop.data.local)
+            specs[spec.content_id] = tuple(spec)
+        return tuple(specs.values())
 
     # --- shutting down ----------------------------------------------------------------
 

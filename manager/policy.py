@@ -58,6 +58,9 @@ class SchedulingPolicy:
     that would take what it holds over ``window_bytes``, nor what all instances of its
     worker hold over ``worker_bytes``. So fast calls with large arguments cannot pile up
     in an agent or a library (docs/performance.md, memory under bursts).
+
+    ``transfer_bytes_per_second``: a call with input files goes to the instance where the
+    seconds to fetch what its worker lacks plus the seconds of work queued there are least.
     """
 
     instances: InstanceChooser = field(default_factory=MostRoomFirst)
@@ -68,3 +71,4 @@ class SchedulingPolicy:
     max_prefetch: int = 1024
     window_bytes: int = 16 << 20
     worker_bytes: int = 64 << 20
+    transfer_bytes_per_second: float = 200e6  # prices a missing input file (locality)

@@ -40,7 +40,7 @@ class CallRecord:
     """One call from submission to its end. ``future`` is opaque to the scheduler."""
 
     __slots__ = ("call_id", "library", "function", "args", "size", "timeout", "future",
-                 "attempts", "instance_id", "cancelled")
+                 "attempts", "instance_id", "cancelled", "files")
 
     def __init__(self, call_id: int, library: str, function: str, args: Arguments,
                  timeout: float | None, future: Any) -> None:
@@ -54,6 +54,7 @@ class CallRecord:
         self.attempts = 0  # times it may have been running when its instance was lost
         self.instance_id: int | None = None  # where it runs now, if dispatched
         self.cancelled = False
+        self.files: tuple = ()  # FileSpecs of the serverless.File inputs (manager.data)
 
     def entry(self) -> tuple:
         """Its entry in a Calls batch."""

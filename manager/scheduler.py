@@ -34,6 +34,8 @@ from collections.abc import Iterable
 
 from serverless.errors import LibraryFailed, ManagerClosed, UnknownLibrary, WorkerLost
 
+from serverless.data.file import FileSpec
+
 from .policy import SchedulingPolicy
 from .records import (
     DRAINING,
@@ -78,6 +80,7 @@ class Scheduler:
         self.now = 0.0
         self._instance_ids = itertools.count(1)
         self._waiting: set[str] = set()  # libraries with calls but no room for an instance
+        self.data = None  # manager.data.DataDirectory: who holds which input file (locality)
 
     # --- libraries --------------------------------------------------------------------
 
@@ -325,7 +328,11 @@ class Scheduler:
         window_bytes, worker_bytes = self.policy.window_bytes, self.policy.worker_bytes
         slots = record.spec.slots
         while pending and candidates:
-            instance = chooser.choose(candidates)
+            head = pending[0]
+            if head.files and self.data is not None and len(candidates) > 1:
+                instance = self._nearest(candidates, head.files, record)
+            else:
+                instance = chooser.choose(candidates)
             room = instance.room()
             worker = self.workers.get(instance.worker_id)
             if worker is None:  # cannot happen: a lost worker's instances are gone with it
@@ -356,6 +363,21 @@ class Scheduler:
                 actions.append(SendCalls(instance.worker_id, instance.instance_id, batch))
             candidates.remove(instance)
         return actions
+
+    def _nearest(self, candidates: list[InstanceRecord], files: tuple,
+                 record: LibraryRecord) -> InstanceRecord:
+        """The instance whose worker gets a call with input files soonest: the seconds to
+        fetch what it lacks (its size over ``policy.transfer_bytes_per_second``) plus the
+        seconds of work queued there before it."""
+        rate = self.policy.transfer_bytes_per_second
+        per_call = record.mean_duration or 0.0
+        specs = [FileSpec(*f) for f in files]
+
+        def cost(instance: InstanceRecord) -> float:
+            queued = len(instance.outstanding) / max(1, record.spec.slots)
+            return self.data.missing_bytes(instance.worker_id, specs) / rate + queued * per_call
+
+        return min(candidates, key=cost)
 
     def _deploy(self, record: LibraryRecord) -> list[Action]:
         if record.failed is not None or record.deploy_not_before > self.now:

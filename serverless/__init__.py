@@ -19,13 +19,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .context import current_instance, state
+from .data import File
 from .errors import (
+    ArchiveError,
     ArgumentNotSerializable,
     ArgumentsTooLarge,
+    CacheFull,
     CallCancelled,
     CallCrashed,
     CallOutOfMemory,
     CallTimeout,
+    DataError,
+    FileIntegrityError,
     FunctionError,
     LibraryFailed,
     ManagerClosed,
@@ -38,6 +43,7 @@ from .errors import (
     SerializationError,
     ServerlessError,
     UnknownFunction,
+    TransferFailed,
     UnknownLibrary,
     WorkerLost,
 )
@@ -55,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Library",
     "Environment",
+    "File",
     "Manager",
     "ManagerConfig",
     "SchedulingPolicy",
@@ -81,6 +88,11 @@ __all__ = [
     "QueueFull",
     "ProtocolError",
     "SecurityError",
+    "DataError",
+    "CacheFull",
+    "FileIntegrityError",
+    "ArchiveError",
+    "TransferFailed",
 ]
 
 _LAZY = {

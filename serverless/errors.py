@@ -34,6 +34,11 @@ __all__ = [
     "ProtocolVersionError",
     "SecurityError",
     "describe_exit",
+    "DataError",
+    "CacheFull",
+    "FileIntegrityError",
+    "ArchiveError",
+    "TransferFailed",
 ]
 
 
@@ -210,3 +215,43 @@ class SecurityError(ServerlessError, ValueError):
     """A setting that would be unsafe: listening beyond loopback without a secret, a secret
     file other users can read, a secret too short to resist guessing. The message says what
     to do instead (see docs/security.md)."""
+
+
+class DataError(ServerlessError):
+    """A call's input file could not be made available on its worker (see docs/data.md)."""
+
+
+class CacheFull(DataError, OSError):
+    """A call's input files cannot fit in the worker's cache (``--disk``); names the sizes.
+
+    Raised only for inputs that could never fit (larger than the whole cache); a call whose
+    inputs fit once other calls release theirs waits instead.
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.size, self.limit))
+
+
+class FileIntegrityError(DataError):
+    """Downloaded or received bytes do not have the declared hash; names both hashes."""
+
+    def __init__(self, message: str, expected: str = "", received: str = "") -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.received = received
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.expected, self.received))
+
+
+class ArchiveError(DataError):
+    """An input archive (``File(..., unpack=True)``) is corrupt, truncated or unsupported."""
+
+
+class TransferFailed(DataError):
+    """An input file could not be fetched from any source (the URL, the manager, peers)."""

@@ -49,6 +49,9 @@ def sample(cls: type) -> protocol.Message:
         if base in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             base = typing.get_args(hint)[0]
         values[f.name] = _SAMPLES.get(base, None)
+    spec = ("b3-" + "0" * 64, 10, "a.csv", "", "workflow", "")  # a FileSpec (serverless.data)
+    values.update({"gate": {"files": (spec,)}, "want": {"file": spec},
+                   "holdings": {"added": (spec[0],), "removed": ()}}.get(cls.TAG, {}))
     if "buffers" in values:  # frames of their own after the payload
         values["buffers"] = (b"first buffer", b"second")
     return cls(**values)

@@ -24,6 +24,11 @@ from serverless.protocol import (
     CallStatus,
     Calls,
     Cancel,
+    Fetch,
+    Fetched,
+    Gate,
+    Holdings,
+    Want,
     Deploy,
     Goodbye,
     Heartbeat,
@@ -69,6 +74,11 @@ VALID = [
     Cancel(3, (1, 2)),
     Shutdown("bye"),
     Goodbye("bye"),
+    Gate(3, (("b3-" + "0" * 64, 10, "a.csv", "", "workflow", ""),)),
+    Fetch("b3-" + "0" * 64, 10, "tcp://127.0.0.1:5000"),
+    Want(("sha256-" + "1" * 64, -1, "x.tgz", "https://example.org/x.tgz", "call", "tar")),
+    Fetched("b3-" + "0" * 64, "manager:5000", "ok", 10),
+    Holdings("tcp://127.0.0.1:5001", ("b3-" + "0" * 64,), ()),
 ]
 
 

@@ -53,6 +53,8 @@ from serverless.protocol import (
     CallStatus,
     Cancel,
     Deploy,
+    Fetch,
+    Gate,
     Goodbye,
     Heartbeat,
     InstanceFailed,
@@ -78,6 +80,7 @@ from serverless.transport import connect_dealer, new_context
 from .env_launch import launch_spec
 from .environments import default_env_dir
 from .journal import without_results
+from .data.gates import DataPlane
 from .library_handle import LibraryHandle
 from .processes import set_title
 
@@ -104,6 +107,10 @@ class WorkerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     curve_keys: CurveKeys | None = None  # from the secret: CURVE to the manager (transport)
     env_dir: Path = field(default_factory=default_env_dir)  # environments, shared by the node
+    cache_dir: Path | None = None  # input files (default: <workdir>/cache), see worker.data
+    forever_dir: Path | None = None  # "forever" files (default: a per-user directory)
+    disk_mb: int | None = None  # the cache's limit (None: no limit)
+    transfer_timeout: float = 10.0  # seconds without progress before a source is given up
 
 
 class _Terminate(BaseException):
@@ -132,6 +139,11 @@ class WorkerAgent:
         self._heartbeat_timeout = config.connect_timeout
         self._last_sent = self._last_heard = time.monotonic()
         self._exit_code: int | None = None
+        self._data = DataPlane(self._context, config.manager, config.curve_keys,
+                               config.cache_dir or config.workdir / "cache", config.forever_dir,
+                               None if config.disk_mb is None else config.disk_mb * 2**20,
+                               config.transfer_timeout)
+        self._poller.register(self._data.sock, zmq.POLLIN)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -154,6 +166,7 @@ class WorkerAgent:
             self._stop_all()
             if self._registered and self._exit_code != EXIT_MANAGER_LOST:
                 self._send(Goodbye(reason))
+            self._data.close()
             self._sock.close(linger=0)
             self._context.term()
             for sig, handler in previous.items():
@@ -174,6 +187,8 @@ class WorkerAgent:
                 self._read_manager()
             elif sock in self._by_exit_fd:
                 self._library_exited(self._by_exit_fd[sock])
+            elif sock is self._data.sock:
+                self._read_data()
             else:
                 handle = self._by_fd.get(sock)
                 if handle is None:
@@ -235,8 +250,14 @@ class WorkerAgent:
     def _on_manager_message(self, msg: Message, frames: list[bytes]) -> None:
         if isinstance(msg, (Calls, Cancel)):
             handle = self._handles.get(msg.instance_id)
-            if handle is not None:  # else it died; the manager retries what it held
+            if isinstance(msg, Calls):  # held if a Gate came first: its files are not here yet
+                frames, replies = self._data.hold(msg.instance_id, msg, frames)
+                for reply in replies:
+                    self._send_frames(reply)
+            if handle is not None and frames is not None:  # else it died; the manager retries
                 handle.send(frames)
+        elif isinstance(msg, (Gate, Fetch)):
+            self._data.on_manager(msg)
         elif isinstance(msg, Deploy):
             self._deploy(msg, frames)
         elif isinstance(msg, StopInstance):
@@ -278,6 +299,7 @@ class WorkerAgent:
 
     def _stop_instance(self, instance_id: int, frames: list[bytes]) -> None:
         handle = self._handles.pop(instance_id, None)
+        self._data.instance_gone(instance_id)
         if handle is None:
             self._send(InstanceStopped(instance_id))
             return
@@ -299,6 +321,7 @@ class WorkerAgent:
             try:
                 msg = decode(frames)
                 if isinstance(msg, Results):  # under the manager's size limit
+                    self._data.on_results(handle.instance_id, msg)  # unpin its inputs
                     for part in fit_results(msg, frames, self._send_limit):
                         self._send_frames(part)
                     continue
@@ -318,8 +341,18 @@ class WorkerAgent:
         if messages is None:
             self._library_ended(handle)
 
+    def _read_data(self) -> None:
+        forward, to_manager = self._data.on_events()
+        for frames in to_manager:
+            self._send_frames(frames)
+        for instance_id, frames in forward:
+            handle = self._handles.get(instance_id)
+            if handle is not None:
+                handle.send(frames)
+
     def _library_ended(self, handle: LibraryHandle) -> None:
         """EOF from a library: report it once its process has exited, without waiting."""
+        self._data.instance_gone(handle.instance_id)
         self._forget(handle, close=True)
         self._handles.pop(handle.instance_id, None)
         if handle.poll() is not None:

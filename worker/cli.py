@@ -62,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
     parser.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, metavar="N",
                         help="the largest message accepted from the manager")
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="where input files are cached (default: WORKDIR/cache; "
+                             "cache='forever' files go to a per-user directory, see --forever-dir)")
+    parser.add_argument("--forever-dir", type=Path, default=None, metavar="DIR",
+                        help="the node's cache of cache='forever' files, shared by its workers "
+                             "(default: $XDG_CACHE_HOME/serverless/files)")
+    parser.add_argument("--disk", type=int, default=None, metavar="MB",
+                        help="the cache's size limit; least recently used files not in use are "
+                             "evicted to make room (default: no limit)")
+    parser.add_argument("--transfer-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a file source silent this long is abandoned for another")
     parser.add_argument("--die-with-parent", type=int, default=None, metavar="PID",
                         help=argparse.SUPPRESS)  # set by a manager for its local workers
     parser.add_argument("--log-level", default="WARNING",
@@ -91,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    if args.disk is not None and args.disk < 0:
+        print("serverless-worker: --disk must be >= 0 MB", file=sys.stderr)
+        return 2
     if args.cores <= 0 or args.memory < 0:
         print("serverless-worker: --cores must be > 0 and --memory >= 0", file=sys.stderr)
         return 2
@@ -120,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         connect_timeout=connect_timeout,
         max_message_bytes=args.max_message_bytes,
         curve_keys=keys,
+        cache_dir=args.cache_dir,
+        forever_dir=args.forever_dir,
+        disk_mb=args.disk,
+        transfer_timeout=args.transfer_timeout,
     )
     if args.env_dir is not None:
         config.env_dir = args.env_dir.expanduser().absolute()

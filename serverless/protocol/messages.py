@@ -52,6 +52,11 @@ __all__ = [
     "Cancel",
     "Shutdown",
     "Goodbye",
+    "Gate",
+    "Fetch",
+    "Want",
+    "Fetched",
+    "Holdings",
     "encode",
     "decode",
     "safe_loads",
@@ -349,6 +354,85 @@ class Goodbye(Message):
     """worker -> manager: I am leaving; what I held must go elsewhere."""
 
     reason: str
+
+
+# --- data (issue 13; see serverless.data and docs/data.md) ----------------------------
+
+_SPEC_TYPES = (str, int, str, str, str, str)  # serverless.data.FileSpec's fields
+
+
+def _check_spec(where: str, spec: object) -> None:
+    if (type(spec) is not tuple or len(spec) != len(_SPEC_TYPES)
+            or not all(type(v) is t for v, t in zip(spec, _SPEC_TYPES))):
+        raise ProtocolError(f"{where}: a file spec is a tuple of {len(_SPEC_TYPES)} plain fields")
+    content_id, size, name = spec[0], spec[1], spec[2]
+    if (size < -1 or not content_id or "/" in content_id or content_id.startswith(".")
+            or not name or "/" in name or name in (".", "..", "unpacked") or "\0" in name):
+        raise ProtocolError(f"{where}: a bad file spec")
+
+
+@message("gate")
+@dataclass(frozen=True, slots=True)
+class Gate(Message):
+    """manager -> worker: the next Calls for ``instance_id`` needs these files (FileSpec
+    tuples) in the worker's cache; the agent holds it until they are there."""
+
+    instance_id: int
+    files: tuple
+
+    def _validate(self) -> None:
+        for spec in self.files:
+            _check_spec("gate", spec)
+
+
+@message("fetch")
+@dataclass(frozen=True, slots=True)
+class Fetch(Message):
+    """manager -> worker: fetch ``content_id`` (``size`` bytes) from ``source``: a chunk
+    server's ``tcp://host:port``, ``manager:PORT`` (the manager's host) or ``url``."""
+
+    content_id: str
+    size: int
+    source: str
+
+
+@message("want")
+@dataclass(frozen=True, slots=True)
+class Want(Message):
+    """worker -> manager: name a source for this file (a FileSpec)."""
+
+    file: tuple
+
+    def _validate(self) -> None:
+        _check_spec("want", self.file)
+
+
+@message("fetched")
+@dataclass(frozen=True, slots=True)
+class Fetched(Message):
+    """worker -> manager: a fetch from ``source`` ended: ``outcome`` is "ok" (it holds
+    ``size`` bytes now), "failed" (the source failed: name another) or "gave-up" (the
+    content itself is bad, or cannot fit: the worker's calls failed)."""
+
+    content_id: str
+    source: str
+    outcome: str
+    size: int
+
+
+@message("holdings")
+@dataclass(frozen=True, slots=True)
+class Holdings(Message):
+    """worker -> manager: its chunk server's address and the entries added to or removed
+    from its cache (content ids), so the manager directs who fetches from whom."""
+
+    address: str
+    added: tuple
+    removed: tuple
+
+    def _validate(self) -> None:
+        if not all(type(i) is str for i in self.added + self.removed):
+            raise ProtocolError("holdings: content ids are strings")
 
 
 # --- encoding -------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""The agent's side of the data plane: Calls messages held until their files are cached.
+
+    manager --Gate(instance, specs)--> arm: the next Calls for that instance is held
+            --Calls------------------> held (or forwarded at once when nothing is armed)
+            --Fetch------------------> to the data thread
+    data thread --ready(gate)--------> forward the held Calls to its instance; its calls'
+                                       files stay pinned until their results pass by
+                --failed(gate, exc)--> a Results batch failing those calls (RAISED, exc)
+    library --Results----------------> calls of gated batches that ended: unpin
+
+The manager sends a gated call in a Calls message of its own, right after its Gate, so
+only that call waits for its files: calls of the same instance that need none, or need
+files already here, go on. Pins are per gate (owner), released when every call of the
+gate has a result or its instance is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+from pathlib import Path
+
+import zmq
+
+from serverless.data.file import CACHE_DIR_ENV, FOREVER_DIR_ENV
+from serverless.protocol import (
+    CallStatus,
+    Calls,
+    Fetch,
+    Gate,
+    Message,
+    Results,
+    batch_entries,
+    encode,
+    results_messages,
+)
+from serverless.security import CurveKeys
+from serverless.transport import parse_address
+
+from .cache import Cache
+from .service import DataService
+
+__all__ = ["DataPlane"]
+
+log = logging.getLogger("serverless.worker.data")
+
+_RAISED = int(CallStatus.RAISED)
+
+
+class DataPlane:
+    """Created by the agent; :attr:`sock` goes in its poller."""
+
+    def __init__(self, context: zmq.Context, manager: str, keys: CurveKeys | None,
+                 cache_dir: Path, forever_dir: Path | None, disk_bytes: int | None,
+                 stall_timeout: float) -> None:
+        manager_host = parse_address(manager)[0]
+        self.cache = Cache(cache_dir, forever_dir, disk_bytes)
+        # library processes inherit these: a File's reference resolves to a path under them
+        os.environ[CACHE_DIR_ENV] = str(self.cache.root)
+        os.environ[FOREVER_DIR_ENV] = str(self.cache.forever_root)
+        self.service = DataService(context, self.cache, keys, _local_host_for(manager_host),
+                                   manager_host, stall_timeout)
+        self.sock = self.service.sock
+        self._gate_ids = itertools.count(1)
+        self._armed: dict[int, int] = {}  # instance -> gate whose Calls comes next
+        self._held: dict[int, tuple[int, list]] = {}  # gate -> (instance, Calls frames)
+        self._ready: set[int] = set()  # gates ready before their Calls arrived
+        self._calls: dict[int, set[int]] = {}  # gate -> its calls without a result yet
+        self._by_instance: dict[int, dict[int, int]] = {}  # instance -> call -> gate
+        self._failed_early: dict[int, bytes] = {}  # gates failed before their Calls came
+
+    # --- from the manager -------------------------------------------------------------
+
+    def on_manager(self, msg: Message) -> None:
+        if isinstance(msg, Gate):
+            gate = next(self._gate_ids)
+            self._armed[msg.instance_id] = gate
+            self.service.tell(("gate", gate, msg.files))
+        elif isinstance(msg, Fetch):
+            self.service.tell(("fetch", msg.content_id, msg.size, msg.source))
+
+    def hold(self, instance_id: int, msg: Calls, frames: list) -> tuple[list | None, list[list]]:
+        """``(frames to forward now or None, frames for the manager)`` for a Calls message:
+        None when it waits for its gate; a Results failing it when its gate failed."""
+        gate = self._armed.pop(instance_id, None)
+        if gate is None:
+            return frames, []
+        calls = {entry[0] for entry in batch_entries(msg)}
+        failed = self._failed_early.pop(gate, None)
+        if failed is not None:
+            return None, _failure(instance_id, calls, failed)
+        self._calls[gate] = calls
+        self._by_instance.setdefault(instance_id, {}).update(dict.fromkeys(calls, gate))
+        if gate in self._ready:
+            self._ready.discard(gate)
+            return frames, []
+        self._held[gate] = (instance_id, frames)
+        return None, []
+
+    # --- from the data thread ---------------------------------------------------------
+
+    def on_events(self) -> tuple[list[tuple[int, list]], list[list]]:
+        """``(calls to forward as (instance, frames), frames to send the manager)``."""
+        forward: list[tuple[int, list]] = []
+        to_manager: list[list] = []
+        for event in self.service.events():
+            kind = event[0]
+            if kind == "send":
+                to_manager.append(encode(event[1]))
+            elif kind == "ready":
+                held = self._held.pop(event[1], None)
+                if held is None:
+                    self._ready.add(event[1])
+                else:
+                    forward.append(held)
+            elif kind == "failed":
+                gate, payload = event[1], event[2]
+                held = self._held.pop(gate, None)
+                calls = self._calls.pop(gate, set())
+                if held is None:  # failed before its Calls arrived: fail it on arrival
+                    self._failed_early[gate] = payload
+                    continue
+                instance_id = held[0]
+                self._forget_calls(instance_id, calls)
+                to_manager += _failure(instance_id, calls, payload)
+        return forward, to_manager
+
+    # --- from library processes -------------------------------------------------------
+
+    def on_results(self, instance_id: int, msg: Results) -> None:
+        waiting = self._by_instance.get(instance_id)
+        if not waiting:
+            return
+        for entry in batch_entries(msg):
+            gate = waiting.pop(entry[0], None)
+            if gate is None:
+                continue
+            calls = self._calls.get(gate)
+            if calls is not None:
+                calls.discard(entry[0])
+                if not calls:
+                    del self._calls[gate]
+                    self.service.tell(("unpin", gate))
+
+    def instance_gone(self, instance_id: int) -> None:
+        """Its held and running calls are the manager's to retry: let their files go."""
+        self._armed.pop(instance_id, None)
+        gates = set(self._by_instance.pop(instance_id, {}).values())
+        gates |= {g for g, (i, _) in self._held.items() if i == instance_id}
+        for gate in gates:
+            self._held.pop(gate, None)
+            self._calls.pop(gate, None)
+            self._ready.discard(gate)
+            self.service.tell(("unpin", gate))
+
+    def _forget_calls(self, instance_id: int, calls: set[int]) -> None:
+        waiting = self._by_instance.get(instance_id)
+        if waiting:
+            for call_id in calls:
+                waiting.pop(call_id, None)
+
+    def close(self) -> None:
+        self.service.close()
+
+
+def _failure(instance_id: int, calls: set[int], payload: bytes) -> list[list]:
+    """Results frames failing ``calls`` with the encoded exception ``payload``."""
+    entries = [(call_id, _RAISED, payload, 0.0) for call_id in sorted(calls)]
+    return [encode(message) for message in results_messages(instance_id, entries)]
+
+
+def _local_host_for(manager_host: str) -> str:
+    """The address of this node on the route to the manager (peers reach us the same way)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((manager_host, 9))  # no packet is sent for a UDP connect
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
