@@ -43,8 +43,8 @@ __all__ = ["ChunkServer", "ChunkFetch", "CHUNK", "WINDOW", "MAX_CLIENTS", "TEST_
 
 log = logging.getLogger("serverless.data")
 
-CHUNK = 1 << 20  # bytes per chunk
-WINDOW = 8  # chunks a fetch keeps requested
+CHUNK = int(os.environ.get("SERVERLESS_CHUNK_BYTES") or 1 << 20)  # bytes per chunk
+WINDOW = int(os.environ.get("SERVERLESS_CHUNK_WINDOW") or 8)  # chunks a fetch keeps requested
 MAX_CLIENTS = 4  # fetchers one server answers at once
 _ACTIVE_SECONDS = 5.0  # a fetcher silent this long no longer counts against max_clients
 TEST_DELAY_ENV = "SERVERLESS_TEST_CHUNK_DELAY"  # tests: seconds a server waits per chunk
