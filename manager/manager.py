@@ -156,6 +156,8 @@ class Manager:
         if not isinstance(library, Library):
             raise TypeError(f"install() takes a serverless.Library, not {type(library).__name__}")
         self._check_open()
+        if library.environment is not None:  # its archive is served like a File's
+            library.environment.resolve(self._loop.data.local)
         blob = library.serialize()
         if len(blob) > call_budget(self.config.max_message_bytes):
             raise SerializationError(

@@ -21,36 +21,20 @@ worker's own installation when the environment lacks them (docs/data.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-import threading
 from pathlib import Path
 
 __all__ = ["Environment", "content_name"]
 
-_READ = 1 << 20
-_memo: dict[tuple[int, int, int, int], str] = {}
-_memo_lock = threading.Lock()
-
 
 def content_name(path: str | os.PathLike) -> str:
-    """The content name of the file at ``path``, hashed once per (device, inode, size, mtime)."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with _memo_lock:
-            if key in _memo:
-                return _memo[key]
-        digest = hashlib.sha256()
-        buffer = bytearray(_READ)
-        view = memoryview(buffer)
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    name = "sha256-" + digest.hexdigest()
-    with _memo_lock:
-        _memo[key] = name
-    return name
+    """The content name of the file at ``path`` (that of :mod:`serverless.data.hashing`,
+    hashed once per (device, inode, size, mtime)); imported here, not at the top, so that
+    library processes, which import serverless, do not load the hash library."""
+    from serverless.data.hashing import hash_path
+
+    return hash_path(path)
 
 
 class Environment:
@@ -64,8 +48,18 @@ class Environment:
             self.kind = "archive"
         else:
             raise FileNotFoundError(f"no environment at {self.path}")
-        # hashed here, in the user's thread, never in the manager's loop (memoized by stat)
+        # hashed here, in the user's thread, never in the manager's loop (memoized by stat,
+        # with the same content name as a serverless.File of it: one cache, one transfer)
         self.id = content_name(self.path) if self.kind == "archive" else f"dir:{self.path}"
+        self.file: tuple | None = None  # its FileSpec once a manager serves it (resolve)
+
+    def resolve(self, staging: object) -> None:
+        """Serve the archive from this manager (as a File the workers fetch and cache)."""
+        if self.kind == "archive":
+            from serverless.data.file import File
+
+            spec, _ = File(self.path, cache="workflow").resolve(staging)
+            self.id, self.file = spec.content_id, tuple(spec)
 
     @property
     def size(self) -> int:
@@ -75,6 +69,7 @@ class Environment:
     def describe(self) -> dict:
         """What a Deploy carries to the worker (``options["environment"]``)."""
         return {"kind": self.kind, "path": str(self.path), "id": self.id, "size": self.size,
+                "file": self.file,
                 # functions travel as this interpreter's code objects: the library must match
                 "python": "%d.%d" % sys.version_info[:2]}
 

@@ -297,3 +297,45 @@ def test_an_environment_of_another_python_version_fails_with_the_reason(tmp_path
         with pytest.raises(serverless.LibraryFailed) as info:
             m.call("otherpy", "where_am_i").result(timeout=60)
     assert "the manager runs %d.%d" % sys.version_info[:2] in str(info.value)
+
+
+def _cluster_run(tmp_path: Path, archive: Path, names: list[str], calls: int):
+    """Workers ``names`` (each a node of its own: cache and env dir), ``calls`` calls of
+    who_runs_me; (results, bytes the manager's chunk server sent)."""
+    env = serverless.Environment(archive)
+    lib = serverless.Library("spread", [who_runs_me], environment=env, slots=1, cores=1)
+    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+        workers = [start_worker(m.address, "--cores", "1", "--name", name,
+                                "--env-dir", str(tmp_path / name / "envs"),
+                                "--cache-dir", str(tmp_path / name / f"cache-{len(names)}"),
+                                "--workdir", str(tmp_path / name / "work"))
+                   for name in names]
+        try:
+            m.install(lib)
+            results = [f.result(timeout=90) for f in
+                       [m.call("spread", "who_runs_me", 0.3) for _ in range(calls)]]
+            sent = m._loop.data.bytes_sent
+            cached = {name: (tmp_path / name / f"cache-{len(names)}" / env.id).exists()
+                      for name in names}
+        finally:
+            m.shutdown()
+            for w in workers:
+                w.wait(30)
+    return env, results, sent, {w.pid for w in workers}, cached
+
+
+def test_the_archive_travels_through_the_cache_once_and_a_warm_node_fetches_nothing(tmp_path):
+    venv = _bare_venv(tmp_path / "padded")
+    (venv / "payload.bin").write_bytes(os.urandom(6 * 2**20))  # something worth sending
+    archive = _tar(venv, tmp_path / "padded.tar.gz")
+    size = archive.stat().st_size
+    env, results, sent, pids, cached = _cluster_run(tmp_path, archive, ["n0", "n1", "n2"], 24)
+    assert {agent for _, _, agent in results} == pids  # every node ran calls
+    assert cached == {"n0": True, "n1": True, "n2": True}  # it came through each one's cache
+    for name in ("n0", "n1", "n2"):
+        assert len(_unpacks(tmp_path / name / "envs")) == 1
+    assert size <= sent <= 2 * size  # the manager sent it about once; peers carried the rest
+    # a node that kept its environment directory starts with no transfer at all
+    env, results, sent, _, cached = _cluster_run(tmp_path, archive, ["n0"], 2)
+    assert sent == 0 and cached == {"n0": False}
+    assert len(_unpacks(tmp_path / "n0" / "envs")) == 1

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import zmq
 
+from serverless.data.file import worker_path
 from serverless.errors import ProtocolError, describe_exit
 from serverless.protocol import (
     MAX_MESSAGE_BYTES,
@@ -75,9 +76,10 @@ from serverless.protocol import (
     safe_dumps,
 )
 from serverless.security import CurveKeys
+from serverless.serialization import decode_exception
 from serverless.transport import connect_dealer, new_context
 
-from .env_launch import launch_spec
+from .env_launch import archive_needed, launch_spec
 from .environments import default_env_dir
 from .journal import without_results
 from .data.gates import DataPlane
@@ -277,14 +279,18 @@ class WorkerAgent:
         elif not isinstance(msg, Heartbeat):
             log.warning("unexpected %s from the manager", msg.TAG)
 
-    def _deploy(self, msg: Deploy, frames: list[bytes]) -> None:
+    def _deploy(self, msg: Deploy, frames: list[bytes], archive: Path | None = None) -> None:
+        environment = msg.options.get("environment")
+        if archive is None and (spec := archive_needed(environment, self.config.env_dir)):
+            self._data.hold_deploy(msg.instance_id, spec, (msg, frames))  # fetch it first
+            return
         log_path = self.config.workdir / f"{msg.library}-{msg.instance_id}.log"
         try:
             handle = LibraryHandle(
                 msg.instance_id, msg.library, msg.options.get("python"),
                 dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
                 max(self.config.max_message_bytes, MAX_MESSAGE_BYTES),  # big results fail alone
-                launch_spec(msg.options.get("environment"), self.config.env_dir),
+                launch_spec(environment, self.config.env_dir, archive),
                 msg.mode,
             )
         except Exception as exc:
@@ -330,6 +336,7 @@ class WorkerAgent:
                 continue
             if isinstance(msg, InstanceReady):
                 handle.ready = True
+                self._data.deploy_started(handle.instance_id)  # its environment is unpacked
             elif isinstance(msg, InstanceWarning):
                 log.warning("library %s#%d: %s", handle.library, handle.instance_id, msg.text)
             elif isinstance(msg, InstanceFailed):
@@ -345,6 +352,15 @@ class WorkerAgent:
         forward, to_manager = self._data.on_events()
         for frames in to_manager:
             self._send_frames(frames)
+        while self._data.deploys_done:  # environments fetched (or not) for held Deploys
+            (deploy, deploy_frames), failure = self._data.deploys_done.pop(0)
+            if failure is None:
+                spec = deploy.options["environment"]["file"]
+                self._deploy(deploy, deploy_frames, worker_path(spec[0], spec[2], ""))
+            else:
+                self._data.deploy_started(deploy.instance_id)
+                self._send(InstanceFailed(deploy.instance_id, "environment: the archive could "
+                                          f"not be fetched: {decode_exception(failure)}", "", True))
         for instance_id, frames in forward:
             handle = self._handles.get(instance_id)
             if handle is not None:

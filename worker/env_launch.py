@@ -39,11 +39,22 @@ from .environments import (
 )
 from .processes import die_with_parent
 
-__all__ = ["main", "bootstrap_spec", "launch_command", "launch_variables", "launch_spec"]
+__all__ = ["main", "bootstrap_spec", "launch_command", "launch_variables", "launch_spec",
+           "archive_needed"]
 
 EXIT_START_FAILED = 3
 BOOTSTRAP_VARIABLE = "SERVERLESS_BOOTSTRAP"
 LAUNCH_VARIABLE = "SERVERLESS_LAUNCH"
+
+
+def archive_needed(environment: dict | None, env_dir: Path) -> tuple | None:
+    """The FileSpec of the archive this worker must fetch (through its cache) before the
+    instance can start, or None: no environment, a directory, or already unpacked here."""
+    if not environment or environment["kind"] != "archive" or not environment.get("file"):
+        return None
+    if (env_dir / f"{environment['id']}.ready").exists():
+        return None  # unpacked on this node already: no transfer at all
+    return tuple(environment["file"])
 
 
 def launch_spec(environment: dict | None, env_dir: Path, local: Path | None = None) -> dict | None:

@@ -244,6 +244,8 @@ class Deploy(Message):
                 isinstance(environment, dict)
                 and all(isinstance(environment.get(k), str) for k in ("kind", "path", "id"))):
             raise ProtocolError("deploy.options.environment: not an environment description")
+        if environment is not None and environment.get("file") is not None:
+            _check_spec("deploy.options.environment.file", environment["file"])
 
 
 @message("instance-ready")

@@ -70,6 +70,10 @@ class DataPlane:
         self._calls: dict[int, set[int]] = {}  # gate -> its calls without a result yet
         self._by_instance: dict[int, dict[int, int]] = {}  # instance -> call -> gate
         self._failed_early: dict[int, bytes] = {}  # gates failed before their Calls came
+        self._deploys: dict[int, tuple[int, object]] = {}  # gate -> (instance, held Deploy)
+        self._deploy_pins: dict[int, int] = {}  # instance -> gate pinning its environment
+        self.deploys_done: list[tuple[object, bytes | None]] = []  # (Deploy, failure or None)
+        self._dropped: set[int] = set()  # deploy gates let go before their outcome came
 
     # --- from the manager -------------------------------------------------------------
 
@@ -80,6 +84,23 @@ class DataPlane:
             self.service.tell(("gate", gate, msg.files))
         elif isinstance(msg, Fetch):
             self.service.tell(("fetch", msg.content_id, msg.size, msg.source))
+
+    def hold_deploy(self, instance_id: int, spec: tuple, deploy: object) -> None:
+        """Hold ``deploy`` (of an instance in a packed environment) until the environment's
+        archive ``spec`` is in the cache; it then appears in :attr:`deploys_done`, and the
+        archive stays pinned until :meth:`deploy_started` or :meth:`instance_gone`."""
+        gate = next(self._gate_ids)
+        self._deploys[gate] = (instance_id, deploy)
+        self._deploy_pins[instance_id] = gate
+        self.service.tell(("gate", gate, (tuple(spec),)))
+
+    def deploy_started(self, instance_id: int) -> None:
+        """The instance is up: its environment is unpacked, the archive may be evicted."""
+        gate = self._deploy_pins.pop(instance_id, None)
+        if gate is not None:
+            if self._deploys.pop(gate, None) is not None:
+                self._dropped.add(gate)  # its ready/failed may still come: unpin then too
+            self.service.tell(("unpin", gate))
 
     def hold(self, instance_id: int, msg: Calls, frames: list) -> tuple[list | None, list[list]]:
         """``(frames to forward now or None, frames for the manager)`` for a Calls message:
@@ -109,6 +130,12 @@ class DataPlane:
             kind = event[0]
             if kind == "send":
                 to_manager.append(encode(event[1]))
+            elif event[1] in self._dropped:
+                self._dropped.discard(event[1])
+                self.service.tell(("unpin", event[1]))
+            elif event[1] in self._deploys:
+                _, deploy = self._deploys.pop(event[1])
+                self.deploys_done.append((deploy, event[2] if kind == "failed" else None))
             elif kind == "ready":
                 held = self._held.pop(event[1], None)
                 if held is None:
@@ -147,6 +174,7 @@ class DataPlane:
     def instance_gone(self, instance_id: int) -> None:
         """Its held and running calls are the manager's to retry: let their files go."""
         self._armed.pop(instance_id, None)
+        self.deploy_started(instance_id)  # a held Deploy is dropped with its pin
         gates = set(self._by_instance.pop(instance_id, {}).values())
         gates |= {g for g, (i, _) in self._held.items() if i == instance_id}
         for gate in gates:
