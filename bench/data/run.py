@@ -94,12 +94,11 @@ def _start_workers(address: str, count: int, root: Path, cores: float,
         home = root / f"worker-{i}"
         home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["SERVERLESS_FOREVER_DIR"] = str(home / "forever")  # a node of its own
         command = [sys.executable, "-m", "serverless.worker", address, "--cores", str(cores),
                    "--name", f"w{i}", "--workdir", str(home / "work"),
                    "--env-dir", str(shared_env_dir or home / "envs")]
-        if _worker_has_option("--cache-dir"):
-            command += ["--cache-dir", str(home / "cache")]
+        if _worker_has_option("--cache-dir"):  # a node of its own: its caches too
+            command += ["--cache-dir", str(home / "cache"), "--forever-dir", str(home / "forever")]
         with open(home / "worker.log", "ab") as log:
             workers.append(subprocess.Popen(command, stdout=log, stderr=log, env=env,
                                             stdin=subprocess.DEVNULL))
@@ -153,6 +152,8 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
         procs = _start_workers(m.address, workers, root, cores, shared_env_dir)
         try:
             _wait_connected(m, workers)
+            me = os.getpid()
+            sampler = sockets.Sampler({p.pid for p in procs} | {me}) if sockets.available() else None
             started = time.perf_counter()
             m.install(lib)
 
@@ -174,11 +175,11 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
                 future.result(timeout=1800)
             total = time.perf_counter() - started
             loaded_bytes, loaded_files = m.call("data-bench", "footprint").result(timeout=60)
-            pids = {p.pid for p in procs}
-            me = os.getpid()
+            data = getattr(m._loop, "data", None)  # the manager's chunk server's own count
+            content_sent = data.bytes_sent if data is not None else 0
             listening = {c.laddr.port for c in psutil.Process(me).net_connections("tcp")
                          if c.status == psutil.CONN_LISTEN}
-            snap = sockets.snapshot(pids | {me}) if sockets.available() else []
+            snap = sampler.stop() if sampler is not None else []
         finally:
             m.shutdown()
             for p in procs:
@@ -198,7 +199,8 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
     return RunResult(system, workers, calls, round(total, 3), firsts, manager_sent,
                      peer_received, worker_received, unpacks - unpacks_before,
                      files - files_before,
-                     {"library_start_reads_bytes": loaded_bytes,
+                     {"manager_content_sent": content_sent,
+                      "library_start_reads_bytes": loaded_bytes,
                       "library_start_reads_files": loaded_files})
 
 

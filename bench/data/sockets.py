@@ -3,8 +3,10 @@ crossed each link that does not depend on serverless's own counters.
 
 :func:`snapshot` lists every established TCP socket of the given processes with its
 local and peer ports and the kernel's ``bytes_acked`` (sent and acknowledged) and
-``bytes_received``. Connections closed before the snapshot are not counted, so take it
-while the run's connections are still open.
+``bytes_received``. A snapshot misses connections already closed (a finished chunk
+fetch), so :class:`Sampler` takes one every ``interval`` seconds during a run and keeps
+each connection's largest counts: a lower bound (what a connection sent after its last
+sample is missed), close to the truth for transfers that last many intervals.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 
-__all__ = ["Socket", "snapshot", "available"]
+__all__ = ["Socket", "snapshot", "available", "Sampler"]
 
 _PID = re.compile(r"pid=(\d+)")
 _FIELD = re.compile(r"\b(bytes_acked|bytes_received):(\d+)")
@@ -55,3 +58,32 @@ def snapshot(pids: set[int]) -> list[Socket]:
 
 def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
+
+
+class Sampler:
+    """Snapshots in a thread; :meth:`stop` returns every connection seen, at its largest."""
+
+    def __init__(self, pids: set[int], interval: float = 0.1) -> None:
+        self.pids = set(pids)
+        self.interval = interval
+        self._seen: dict[tuple[int, int, int], Socket] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._take()
+
+    def _take(self) -> None:
+        for s in snapshot(self.pids):
+            key = (s.pid, s.local_port, s.peer_port)
+            old = self._seen.get(key)
+            if old is None or (s.sent, s.received) >= (old.sent, old.received):
+                self._seen[key] = s
+
+    def stop(self) -> list[Socket]:
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        return list(self._seen.values())
