@@ -379,6 +379,17 @@ class Scheduler:
 
         return min(candidates, key=cost)
 
+    def _holding(self, record: LibraryRecord, fitting: list) -> list:
+        """Of the workers with room, those lacking the fewest bytes of the next call's
+        input files (all of them when it has none): a new instance goes where data is."""
+        head = record.pending[0] if record.pending else None
+        if head is None or not head.files or self.data is None or len(fitting) < 2:
+            return fitting
+        specs = [FileSpec(*f) for f in head.files]
+        missing = {w.worker_id: self.data.missing_bytes(w.worker_id, specs) for w in fitting}
+        least = min(missing.values())
+        return [w for w in fitting if missing[w.worker_id] == least]
+
     def _deploy(self, record: LibraryRecord) -> list[Action]:
         if record.failed is not None or record.deploy_not_before > self.now:
             return []
@@ -398,7 +409,8 @@ class Scheduler:
                     self._waiting.add(record.name)
                     actions += self._make_room(record)
                 break
-            worker = self.policy.placement.choose(fitting, spec.cores, spec.memory_mb)
+            worker = self.policy.placement.choose(self._holding(record, fitting),
+                                                  spec.cores, spec.memory_mb)
             instance = InstanceRecord(next(self._instance_ids), record.name, worker.worker_id,
                                       spec.cores, spec.memory_mb)
             instance.window = self._window(record)

@@ -206,3 +206,35 @@ def make_archive(path: Path, members: dict[str, bytes]) -> None:
         import zstandard
         raw = zstandard.ZstdCompressor().compress(raw)
     path.write_bytes(raw)
+
+
+def test_a_call_cancelled_while_its_file_downloads_ends_and_others_go_on(m, data):
+    release = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(60)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"late")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        held = m.call("io", "describe", serverless.File(
+            f"http://127.0.0.1:{server.server_address[1]}/slow.bin"))
+        assert m.call("io", "shape", 1).result(60) == 1  # not behind the held call
+        assert held.cancel()
+        assert m.call("io", "shape", 2).result(60) == 2
+        import time
+        end = time.monotonic() + 30  # the held call ended on the worker too (a result came)
+        while any(i.outstanding for i in list(m._loop.scheduler.instances.values())):
+            assert time.monotonic() < end, "the cancelled call never ended at its instance"
+            time.sleep(0.02)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -140,3 +140,41 @@ def test_the_manager_sends_a_file_once_and_peers_carry_the_rest():
     again = d.fetched(target, Fetched(s.content_id, msg.source, "failed", 0))
     again += d.want(target, s)
     assert all(m.source != msg.source for w, m in again if w == target)
+
+
+def test_calls_and_new_instances_go_where_their_input_files_are():
+    import serverless
+    from serverless.manager.records import CallRecord, DeployInstance, SendCalls
+    from serverless.manager.scheduler import Scheduler
+
+    def noop(p):
+        return p
+
+    s = Scheduler()
+    d = s.data = DataDirectory(manager_port=1)
+    big = spec(7, 500 * 1024 * 1024)
+    for w in ("w1", "w2", "w3"):
+        s.worker_joined(w, cores=1, memory_mb=1000)
+    d.holdings("w2", Holdings("tcp://h:2", (big.content_id,), ()))
+    s.install("lib", serverless.Library("lib", [noop], cores=1), b"blob")
+    call = CallRecord(1, "lib", "noop", b"", None, None)
+    call.files = (tuple(big),)
+    deploys = [a for a in s.submit([call]) if isinstance(a, DeployInstance)]
+    assert [a.worker_id for a in deploys] == ["w2"]  # the instance goes where the file is
+    # with ready instances everywhere, the call goes to the worker holding the file
+    s2 = Scheduler()
+    s2.data = d
+    s2.install("lib", serverless.Library("lib", [noop], cores=1), b"blob")
+    plain = [CallRecord(10 + i, "lib", "noop", b"", None, None) for i in range(12)]
+    s2.submit(plain)
+    ids = [a.instance_id for w in ("w1", "w2", "w3")
+           for a in s2.worker_joined(w, cores=1, memory_mb=1000) if isinstance(a, DeployInstance)]
+    assert len(ids) == 3
+    for instance_id in ids:
+        for a in s2.instance_ready(instance_id):
+            if isinstance(a, SendCalls):  # finish them: every instance idle, with room
+                s2.results(a.instance_id, [(c.call_id, 0, b"", 0.001) for c in a.calls])
+    call2 = CallRecord(2, "lib", "noop", b"", None, None)
+    call2.files = (tuple(big),)
+    sends = [a for a in s2.submit([call2]) if isinstance(a, SendCalls)]
+    assert [a.worker_id for a in sends] == ["w2"]

@@ -254,8 +254,10 @@ class WorkerAgent:
             handle = self._handles.get(msg.instance_id)
             if isinstance(msg, Calls):  # held if a Gate came first: its files are not here yet
                 frames, replies = self._data.hold(msg.instance_id, msg, frames)
-                for reply in replies:
-                    self._send_frames(reply)
+            else:  # a cancelled call held for its files ends here
+                replies = self._data.cancel(msg.instance_id, msg.call_ids)
+            for reply in replies:
+                self._send_frames(reply)
             if handle is not None and frames is not None:  # else it died; the manager retries
                 handle.send(frames)
         elif isinstance(msg, (Gate, Fetch)):

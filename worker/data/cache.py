@@ -27,6 +27,7 @@ Interface used by the data service and by ``data-env``'s environments::
     cache.incoming(id) -> Path               a temp file to write a transfer into
     cache.commit(spec, temp_file, forever_lock=None) -> Path   (blocking: may unpack)
     cache.pin(owner, ids); cache.unpin(owner) -> ids that were "call" level and are gone
+    cache.take_dropped() -> ids removed since the last look (to tell the manager)
     cache.forever_lock(id) -> ForeverLock | None   (None: another worker holds it)
     cache.close()                            remove this worker's entries (not "forever")
 
@@ -98,6 +99,7 @@ class Cache:
         self.pins: dict[object, set[str]] = {}
         self._pin_count: dict[str, int] = {}
         self.evicted = 0
+        self._dropped: list[str] = []  # removed since take_dropped(): the manager is told
         (self.root / ".incoming").mkdir(parents=True, exist_ok=True)
         (self.forever_root / ".incoming").mkdir(parents=True, exist_ok=True)
 
@@ -243,6 +245,12 @@ class Cache:
         entry = self.entries.pop(content_id, None)
         if entry is not None and not entry.forever:
             remove_tree(entry.path)
+            self._dropped.append(content_id)
+
+    def take_dropped(self) -> list[str]:
+        """The entries removed (evicted, or "call" level) since the last call."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
 
     def close(self) -> None:
         """The worker exits: its own entries go ("forever" ones stay for the next)."""

@@ -47,6 +47,7 @@ __all__ = ["DataPlane"]
 log = logging.getLogger("serverless.worker.data")
 
 _RAISED = int(CallStatus.RAISED)
+_CANCELLED = int(CallStatus.CANCELLED)
 
 
 class DataPlane:
@@ -170,6 +171,22 @@ class DataPlane:
                 if not calls:
                     del self._calls[gate]
                     self.service.tell(("unpin", gate))
+
+    def cancel(self, instance_id: int, call_ids: tuple) -> list[list]:
+        """Cancelled calls still held for their files end here, as CANCELLED results
+        (the library never saw them); frames for the manager."""
+        out: list[list] = []
+        for gate, (instance, _) in list(self._held.items()):
+            calls = self._calls.get(gate, set())
+            if instance != instance_id or not calls or not calls <= set(call_ids):
+                continue
+            del self._held[gate]
+            del self._calls[gate]
+            self._forget_calls(instance_id, calls)
+            self.service.tell(("unpin", gate))
+            entries = [(call_id, _CANCELLED, b"", 0.0) for call_id in sorted(calls)]
+            out += [encode(message) for message in results_messages(instance_id, entries)]
+        return out
 
     def instance_gone(self, instance_id: int) -> None:
         """Its held and running calls are the manager's to retry: let their files go."""

@@ -167,9 +167,7 @@ class DataService:
         elif kind == "fetch":
             self._fetch_from(command[1], command[2], command[3])
         elif kind == "unpin":
-            removed = self.cache.unpin(command[1])
-            if removed:
-                self._send(Holdings(self.address, (), tuple(removed)))
+            self.cache.unpin(command[1])  # "call" level entries go: _tick tells the manager
         elif kind == "stop":
             self._stop = True
 
@@ -453,6 +451,9 @@ class DataService:
             if not need.gates and need.state in ("lock-wait", "room-wait"):
                 self._needs.pop(need.spec.content_id, None)  # nobody waits for it any more
                 self._discard(need)
+        dropped = self.cache.take_dropped()
+        if dropped:
+            self._send(Holdings(self.address, (), tuple(dropped)))
 
 
 def _size(n: int) -> str:
