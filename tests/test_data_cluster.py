@@ -178,3 +178,45 @@ def test_a_forever_file_survives_the_worker_and_needs_no_transfer(tmp_path):
                 stop(*workers)
         assert sent == (3 * MB if round_ == 0 else 0)  # warm: no transfer at all
     assert any(p.name.startswith("b3-") for p in (tmp_path / "forever").iterdir())
+
+
+def test_a_url_is_downloaded_once_and_peers_share_it(tmp_path):
+    import hashlib
+    import http.server
+    import threading
+
+    content = os.urandom(6 * MB)
+    gets = []
+
+    class Counting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/x.bin"
+    try:
+        with serverless.Manager(local_workers=0, **FAST) as m:
+            workers = [spawn(m, tmp_path, f"u{i}") for i in range(3)]
+            try:
+                m.install(serverless.Library("d", [where], cores=1, slots=1))
+                wait_for(lambda: len(m.workers()) == 3, what="3 workers")
+                f = serverless.File(url, sha256=hashlib.sha256(content).hexdigest())
+                results = [fut.result(120) for fut in [m.call("d", "where", f, 0.3)
+                                                       for _ in range(12)]]
+                assert {size for _, size in results} == {6 * MB}
+                assert len({p.split("/cache/")[0] for p, _ in results}) == 3
+                assert gets == ["/x.bin"]  # one worker downloaded; the others got it from it
+                assert manager_bytes(m) == 0  # never through the manager
+            finally:
+                stop(*workers)
+    finally:
+        server.shutdown()
+        server.server_close()
