@@ -16,7 +16,8 @@ requested, and each arriving chunk is written at its offset and hashed, so no fi
 sits whole in memory. Chunks on one connection arrive in order, so the hash runs over the
 contiguous prefix and a fetch can resume from ``offset`` at another source after a failure.
 A server answers at most ``max_clients`` fetchers at once (the manager directs transfers
-within that cap as well; this is the backstop) and says ``no`` to the others.
+within its ``upload_cap``; this is the backstop) and says ``no`` to the others; a fetch
+says ``bye`` when it ends, which frees its place at once.
 
 A fetch that hears nothing for ``stall_timeout`` seconds is a failed source: the caller
 asks for another one and calls :meth:`ChunkFetch.resume` (never a hang).
@@ -103,6 +104,9 @@ class ChunkServer:
             self._context.term()
 
     def _answer(self, frames: list[bytes]) -> None:
+        if len(frames) == 2 and frames[1] == b"bye":  # a fetch ended: its slot is free
+            self._active.pop(frames[0], None)
+            return
         if len(frames) != 4 or frames[1] != b"get" or len(frames[3]) != _OFFSET.size:
             return  # not a fetcher of ours: nothing to say
         identity, content_id = frames[0], frames[2].decode(errors="replace")
@@ -248,5 +252,9 @@ class ChunkFetch:
 
     def close_socket(self) -> None:
         if self.sock is not None:
-            self.sock.close(linger=0)
+            try:  # frees our slot at the server at once (else it expires after a while)
+                self.sock.send(b"bye", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.sock.close(linger=100)
             self.sock = None

@@ -86,7 +86,8 @@ class DataService:
         self._peer.setsockopt(zmq.LINGER, 0)
         self._peer.connect(endpoint)
         self._context = zmq.Context()  # fetch sockets (the server has its own)
-        self.server = ChunkServer(host, self._lookup_path, keys)
+        # the manager keeps uploads per source under its upload_cap; this is a backstop
+        self.server = ChunkServer(host, self._lookup_path, keys, max_clients=64)
         self.address = self.server.address
         self._needs: dict[str, _Need] = {}
         self._gates: dict[object, set[str]] = {}  # gate -> ids not yet here
