@@ -27,7 +27,7 @@ Interface used by the data service and by ``data-env``'s environments::
     cache.incoming(id) -> Path               a temp file to write a transfer into
     cache.commit(spec, temp_file, forever_lock=None) -> Path   (blocking: may unpack)
     cache.pin(owner, ids); cache.unpin(owner) -> ids that were "call" level and are gone
-    cache.take_dropped() -> ids removed since the last look (to tell the manager)
+    cache.take_changes() -> (adopted, removed) since the last look (to tell the manager)
     cache.forever_lock(id) -> ForeverLock | None   (None: another worker holds it)
     cache.close()                            remove this worker's entries (not "forever")
 
@@ -99,7 +99,8 @@ class Cache:
         self.pins: dict[object, set[str]] = {}
         self._pin_count: dict[str, int] = {}
         self.evicted = 0
-        self._dropped: list[str] = []  # removed since take_dropped(): the manager is told
+        self._dropped: list[str] = []  # removed since take_changes(): the manager is told
+        self._adopted: list[str] = []  # "forever" entries another worker made, found here
         (self.root / ".incoming").mkdir(parents=True, exist_ok=True)
         (self.forever_root / ".incoming").mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +117,7 @@ class Cache:
                 return None
             entry = self.entries[content_id] = Entry(content_id, _tree_size(path), "forever",
                                                      path, forever=True)
+            self._adopted.append(content_id)
         entry.last_used = time.monotonic()
         return entry.path
 
@@ -247,10 +249,12 @@ class Cache:
             remove_tree(entry.path)
             self._dropped.append(content_id)
 
-    def take_dropped(self) -> list[str]:
-        """The entries removed (evicted, or "call" level) since the last call."""
+    def take_changes(self) -> tuple[list[str], list[str]]:
+        """``(adopted, removed)`` since the last call: "forever" entries found on disk, and
+        entries evicted or dropped with their "call" level (the manager is told)."""
+        adopted, self._adopted = self._adopted, []
         dropped, self._dropped = self._dropped, []
-        return dropped
+        return adopted, dropped
 
     def close(self) -> None:
         """The worker exits: its own entries go ("forever" ones stay for the next)."""

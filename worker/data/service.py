@@ -452,9 +452,9 @@ class DataService:
             if not need.gates and need.state in ("lock-wait", "room-wait"):
                 self._needs.pop(need.spec.content_id, None)  # nobody waits for it any more
                 self._discard(need)
-        dropped = self.cache.take_dropped()
-        if dropped:
-            self._send(Holdings(self.address, (), tuple(dropped)))
+        adopted, dropped = self.cache.take_changes()
+        if adopted or dropped:
+            self._send(Holdings(self.address, tuple(adopted), tuple(dropped)))
 
 
 def _size(n: int) -> str:
