@@ -29,6 +29,14 @@ def where(p, pause=0.0):
     return str(p), p.stat().st_size
 
 
+def who(p, pause=0.0):
+    """The cache path of the input and the pid of the library instance that ran the call."""
+    import os
+    import time
+    time.sleep(pause)
+    return str(p), os.getppid()
+
+
 def spawn(m: serverless.Manager, tmp: Path, name: str, *extra: str, env: dict | None = None,
           cores: str = "1", memory: str = "1000") -> subprocess.Popen:
     log = open(tmp / f"{name}.log", "ab")
@@ -169,9 +177,14 @@ def test_a_forever_file_survives_the_worker_and_needs_no_transfer(tmp_path):
         with serverless.Manager(local_workers=0, **FAST) as m:
             workers = [spawn(m, tmp_path, f"r{round_}w{i}") for i in range(2)]
             try:
-                m.install(serverless.Library("d", [where], cores=1))
+                m.install(serverless.Library("d", [who], cores=1))
                 wait_for(lambda: len(m.workers()) == 2, what="2 workers")
-                results = [m.call("d", "where", f, 0.2).result(60) for _ in range(4)]
+                # both workers need it at once: one fetches under the node's lock, the
+                # other waits for that lock and uses the entry (no second transfer)
+                results = [fut.result(60) for fut in [m.call("d", "who", f, 0.2)
+                                                      for _ in range(8)]]
+                assert len({p for p, _ in results}) == 1  # one entry, shared
+                assert len({pid for _, pid in results}) == 2  # by both workers
                 assert all(str(tmp_path / "forever") in p for p, _ in results)
                 sent = manager_bytes(m)
             finally:
