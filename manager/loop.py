@@ -37,6 +37,7 @@ from serverless.protocol import (
     Gate,
     Goodbye,
     Heartbeat,
+    ImportsLearned,
     InstanceFailed,
     InstanceReady,
     InstanceStopped,
@@ -62,6 +63,7 @@ from serverless.transport import bind_router, new_context
 from .config import ManagerConfig
 from .data import ManagerData
 from .future import PENDING
+from .learned import LearnedImports
 from .local_workers import LocalWorkers
 from .records import (
     Action,
@@ -127,6 +129,7 @@ class ManagerLoop:
         self._stop_reason: str | None = None  # set by the "stop" command: the loop ends
         self._stopped = threading.Event()
         self._idle_waiters: list[threading.Event] = []  # set once no call is unfinished
+        self.learned_imports = LearnedImports()
         self.thread = threading.Thread(target=self._run, name="serverless-manager", daemon=True)
 
     # --- called from other threads ----------------------------------------------------
@@ -244,8 +247,10 @@ class ManagerLoop:
                 self._perform(self.scheduler.submit(value))
             elif kind == "install":
                 name, spec, blob = value
+                self.learned_imports.forget(name)
                 self._perform(self.scheduler.install(name, spec, blob))
             elif kind == "remove":
+                self.learned_imports.forget(value)
                 self._perform(self.scheduler.remove(value))
             elif kind == "cancel":
                 self._perform(self.scheduler.cancel(value))
@@ -367,6 +372,11 @@ class ManagerLoop:
             self.warnings.append(f"instance {msg.instance_id} on {worker.worker_id}: {msg.text}")
         elif isinstance(msg, InstanceStopped):
             self._perform(scheduler.instance_stopped(msg.instance_id))
+        elif isinstance(msg, ImportsLearned):
+            instance = scheduler.instances.get(msg.instance_id)
+            if instance is not None:
+                self.learned_imports.report(instance.library, msg.instance_id, msg.learned,
+                                            msg.rejected)
         elif isinstance(msg, Goodbye):
             log.info("worker %s left: %s", worker.worker_id, msg.reason)
             self._drop_worker(identity, f"it left ({msg.reason})", notify=False)
@@ -455,6 +465,9 @@ class ManagerLoop:
             options["python"] = spec.python
         if spec.environment is not None:
             options["environment"] = spec.environment.describe()
+        learned = self.learned_imports.names(spec.name)
+        if learned:  # what other instances learned: this one starts with it
+            options["learned_imports"] = learned
         return Deploy(action.instance_id, spec.name, spec.mode, spec.slots, float(spec.cores),
                       int(spec.memory_mb), options, record.blob)
 

@@ -141,6 +141,12 @@ class Manager:
         e.g. an instance that forks calls while it has several threads."""
         return list(self._loop.warnings)
 
+    def learned_imports(self, library: str) -> dict[str, Any]:
+        """What the fork-mode instances of ``library`` learned to import between forks
+        (``"learned"``: module names) and refused to (``"rejected"``: name -> reason);
+        see ``Library(learn_imports=...)``."""
+        return self._loop.learned_imports.snapshot(library)
+
     def local_worker_pids(self) -> list[int]:
         local = self._loop.local_workers
         return local.pids() if local is not None else []

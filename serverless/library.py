@@ -40,6 +40,7 @@ class LibraryPayload:
     discovered_imports: tuple[str, ...]
     setup: Callable[[], Any] | None
     setup_args: tuple = ()
+    learn_imports: bool = True
 
 
 def _code_objects(code: types.CodeType) -> Iterable[types.CodeType]:
@@ -140,6 +141,9 @@ class Library:
             runs instances: a packed archive sent to workers and unpacked once per node,
             or an environment directory visible to every worker.
         discover: also import the modules the functions import in their bodies.
+        learn_imports: in fork mode, import between forks the modules that calls imported
+            and the instance had not (lazily loaded submodules such as ``numpy.random``),
+            so that later calls start with them (see ``Manager.learned_imports``).
     """
 
     name: str
@@ -156,6 +160,7 @@ class Library:
     python: str | None = None
     discover: bool = True
     environment: Environment | str | os.PathLike | None = None
+    learn_imports: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -200,6 +205,7 @@ class Library:
             imports=tuple(self.imports),
             discovered_imports=tuple(m for m in discovered if m not in self.imports),
             setup=self.setup,
+            learn_imports=bool(self.learn_imports),
         )
 
     def serialize(self) -> bytes:

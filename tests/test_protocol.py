@@ -54,7 +54,13 @@ def sample(cls: type) -> protocol.Message:
                    "holdings": {"added": (spec[0],), "removed": ()}}.get(cls.TAG, {}))
     if "buffers" in values:  # frames of their own after the payload
         values["buffers"] = (b"first buffer", b"second")
+    values.update(_TYPED_SAMPLES.get(cls.TAG, {}))
     return cls(**values)
+
+
+_TYPED_SAMPLES = {  # fields whose items are checked, not only their container
+    "imports-learned": {"learned": ("numpy.random",), "rejected": (("x", "failed: ..."),)},
+}
 
 
 @pytest.mark.parametrize("tag", sorted(MESSAGES))

@@ -64,6 +64,7 @@ from serverless.protocol import CallStatus, arguments_size, safe_dumps
 from .call_runner import run_call
 from .fork_hooks import cheap_threading_fork_hook
 from .journal import Journal
+from .import_learning import ImportLearner
 from .limits import memory_limit
 from .processes import parent_death_signal
 
@@ -139,8 +140,10 @@ class ForkExecutor:
         spares: bool = True,
         journal: Journal | None = None,
         on_threads: Callable[[int], None] | None = None,
+        learner: ImportLearner | None = None,
     ) -> None:
         self._functions = functions
+        self._learner = learner  # None: children do not report their imports
         self._slots = slots
         self._poller = poller
         self._emit = emit
@@ -248,6 +251,14 @@ class ForkExecutor:
         after sending its results, so forking delays no result)."""
         if self._spare is None and self._use_spares and not self._queue and not self._running:
             self._fork_spare()
+
+    def learn_imports(self) -> tuple[list[str], dict[str, str]] | None:
+        """Import what children reported (see :mod:`.import_learning`); None: nothing new.
+        The spare, forked before, is retired so that the next one starts with them."""
+        if self._learner is None or not self._learner.pending():
+            return None
+        self._retire_spare()
+        return self._learner.learn()
 
     def kill_all(self) -> None:
         """Kill every child (the instance is stopping) and reap them."""
@@ -376,6 +387,10 @@ class ForkExecutor:
                 if entry is None:  # the library closed the pipe: no call for this spare
                     os._exit(0)
             result = run_call(self._functions, entry)
+            if self._learner is not None:
+                imported = self._learner.new_in_child()
+                if imported:  # travels after the result entry; _result_in strips it
+                    result = (*result, imported)
             self._write_all(result_fd, pickle.dumps(result, 5))
             exit_code = 0
         except BaseException:
@@ -472,6 +487,10 @@ class ForkExecutor:
 
     def _result_in(self, child: _Child, pickled: bytes | bytearray | memoryview) -> None:
         entry = pickle.loads(pickled)
+        if len(entry) > 4:  # the child imported modules its library lacks
+            if self._learner is not None:
+                self._learner.offer(entry[4])
+            entry = entry[:4]
         self._close_pipe(child)
         self._finish(child, entry)
 

@@ -8,6 +8,8 @@ crash journal (:mod:`.journal`: the calls running, the results not yet sent)::
           <--InstanceReady (or InstanceFailed with the traceback, then exit 3)
     agent --Calls---> executor (fork: a child per call; direct: run here)
           <--Results   batches: what is ready at the end of a loop pass (see below)
+          <--ImportsLearned  fork mode: modules calls imported, now imported here between
+                             forks (or refused, once each): see import_learning
     agent --Cancel--> kill those calls' children / drop them from the queue
     agent --StopInstance, or EOF on the socket--> kill children, exit 0
 
@@ -51,6 +53,7 @@ from serverless.protocol import (
     Calls,
     Cancel,
     Deploy,
+    ImportsLearned,
     InstanceFailed,
     InstanceReady,
     InstanceWarning,
@@ -69,6 +72,7 @@ from .direct_executor import DirectExecutor
 from .fork_executor import ForkExecutor
 from .journal import Journal, create_journal
 from .processes import THREAD_VARIABLES, die_with_parent, set_title
+from .import_learning import ImportLearner
 
 __all__ = ["main", "LibraryRuntime"]
 
@@ -117,6 +121,7 @@ class LibraryRuntime:
                     print(f"serverless: could not import {module!r} ahead of calls "
                           f"({type(exc).__name__}: {exc}); calls that need it will fail",
                           file=sys.stderr, flush=True)
+            _import_learned(deploy.options.get("learned_imports", ()))
             state: Any = payload.setup(*payload.setup_args) if payload.setup else None
         except BaseException as exc:
             self._send(InstanceFailed(
@@ -158,6 +163,7 @@ class LibraryRuntime:
             memory_mb=deploy.memory_mb,
             journal=self._journal,
             on_threads=self._threads_at_fork,
+            learner=ImportLearner() if getattr(payload, "learn_imports", True) else None,
         )
 
     def _threads_at_fork(self, count: int) -> None:
@@ -197,12 +203,25 @@ class LibraryRuntime:
                     executor.reap()
                     executor.expire(time.monotonic())
                     self._flush_or_hold(executor)
+                    self._learn_imports(executor)
                     executor.keep_spare()
         except _Stop:
             pass
         finally:
             if isinstance(executor, ForkExecutor):
                 executor.kill_all()
+
+    def _learn_imports(self, executor: ForkExecutor) -> None:
+        outcome = executor.learn_imports()
+        if outcome is None:
+            return
+        learned, rejected = outcome
+        if learned:
+            print(f"serverless: learned imports {', '.join(learned)} (calls imported them; "
+                  "imported here so later calls start with them)", file=sys.stderr, flush=True)
+        for name, reason in rejected.items():
+            print(f"serverless: not learning import {name!r}: {reason}", file=sys.stderr, flush=True)
+        self._send(ImportsLearned(self._instance_id, tuple(learned), tuple(rejected.items())))
 
     def _fork_timeout(self, executor: ForkExecutor) -> float:
         """Seconds until a deadline, a reap or the held results are due (-1: none)."""
@@ -270,6 +289,17 @@ def threads_warning(library: str, instance_id: int, count: int) -> str:
             f"{limits or 'none set'}), gRPC, logging handlers, clients with background "
             "threads. Start them inside the call instead, set the library's env= to keep "
             "thread pools at 1, or use mode='direct'. See docs/reliability.md (threads).")
+
+def _import_learned(modules: object) -> None:
+    """Modules other instances of the library learned (from the manager): best effort."""
+    if not isinstance(modules, (list, tuple)):
+        return
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # learned elsewhere; this node may lack it
+            print(f"serverless: could not import learned module {module!r} "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

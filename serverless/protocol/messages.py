@@ -47,6 +47,7 @@ __all__ = [
     "InstanceWarning",
     "StopInstance",
     "InstanceStopped",
+    "ImportsLearned",
     "Calls",
     "Results",
     "Cancel",
@@ -301,6 +302,24 @@ class InstanceStopped(Message):
     """worker -> manager: a stop asked for is done; its resources are free."""
 
     instance_id: int
+
+
+@message("imports-learned")
+@dataclass(frozen=True, slots=True)
+class ImportsLearned(Message):
+    """library -> worker -> manager: modules the instance imported between forks because
+    its calls imported them (``learned``), and ``(name, reason)`` pairs it refused to."""
+
+    instance_id: int
+    learned: tuple
+    rejected: tuple
+
+    def _validate(self) -> None:
+        if not all(type(name) is str for name in self.learned):
+            raise ProtocolError("imports-learned.learned: not all strings")
+        if not all(type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str
+                   and type(pair[1]) is str for pair in self.rejected):
+            raise ProtocolError("imports-learned.rejected: not all (name, reason) pairs")
 
 
 @message("calls")
