@@ -256,6 +256,8 @@ class ManagerLoop:
                 self._perform(self.scheduler.cancel(value))
             elif kind == "when_idle":
                 self._idle_waiters.append(value)
+            elif kind == "barrier":  # the commands before it are carried out
+                value.set()
             elif kind == "stop":
                 self._shutdown(value)
                 return
@@ -534,6 +536,8 @@ class ManagerLoop:
                 calls += value
             elif kind == "when_idle":
                 self._idle_waiters.append(value)
+            elif kind == "barrier":  # the commands before it are carried out
+                value.set()
         try:
             for action in self.scheduler.shutdown():
                 if isinstance(action, CallsFailed):

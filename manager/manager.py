@@ -31,7 +31,7 @@ from serverless.errors import (
     UnknownLibrary,
 )
 from serverless.data.file import find_files
-from serverless.library import Library
+from serverless.library import CHUNK_FUNCTION, Library
 from serverless.protocol import arguments_size, call_budget, call_size
 from serverless.security import ManagerSecret
 from serverless.serialization import dumps_args
@@ -201,18 +201,33 @@ class Manager:
         return record.future
 
     def map(self, library: str, function: str, *iterables: Iterable[Any],
-            timeout: float | None = None) -> Iterator[Any]:
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
         """Like ``Executor.map``: submit every call at once, yield results in order.
 
+        ``chunksize`` > 1 sends the items in chunks of that many, each chunk one remote call
+        (fewer messages, one fork per chunk in fork mode): as with ``ProcessPoolExecutor``,
+        an exception fails its whole chunk, and the library's ``timeout`` applies per chunk.
         With ``max_queued`` it submits what has room, waiting for more (or raising
         QueueFull, then submitting none)."""
+        futures = self._map_futures(library, function, iterables, chunksize)
+        results = _results_in_order(futures, timeout)
+        return results if chunksize == 1 else itertools.chain.from_iterable(results)
+
+    def _map_futures(self, library: str, function: str, iterables: tuple[Iterable[Any], ...],
+                     chunksize: int) -> list[Future]:
+        """Submit a map's calls (``chunksize`` items per call); their futures, in order."""
         if self._queue_limit is None:
-            records = [self._new_call(library, function, args, {}, None) for args in zip(*iterables)]
-            self._loop.command("calls", records)
-            futures = [r.future for r in records]
-        else:
-            futures = self._limited_map(library, function, list(zip(*iterables)))
-        return _results_in_order(futures, timeout)
+            records = self._map_records(library, function, iterables, chunksize)
+            self._send_records(records)
+            return [r.future for r in records]
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        calls = list(zip(*iterables))
+        if chunksize == 1:
+            return self._limited_map(library, function, calls)
+        self._check_function(library, function)
+        chunks = [(function, calls[i:i + chunksize]) for i in range(0, len(calls), chunksize)]
+        return self._limited_map(library, CHUNK_FUNCTION, chunks)
 
     def _new_limited_call(self, library: str, function: str, args: tuple, kwargs: dict,
                           timeout: float | None) -> CallRecord:
@@ -261,16 +276,44 @@ class Manager:
         """Cancel a call (queued or running); same as ``future.cancel()``."""
         return future.cancel()
 
-    def _new_call(self, library: str, function: str, args: tuple, kwargs: dict,
-                  timeout: float | None) -> CallRecord:
+    def _map_records(self, library: str, function: str, iterables: tuple[Iterable[Any], ...],
+                     chunksize: int) -> list[CallRecord]:
+        """The calls of a map, ``chunksize`` items per call (checked, not yet sent)."""
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return [self._new_call(library, function, args, {}, None) for args in zip(*iterables)]
+        self._check_function(library, function)
+        items = zip(*iterables)
+        records = []
+        while chunk := list(itertools.islice(items, chunksize)):
+            records.append(self._new_call(library, CHUNK_FUNCTION, (function, chunk), {}, None))
+        return records
+
+    def _send_records(self, records: list[CallRecord]) -> None:
+        self._loop.command("calls", records)
+
+    def _barrier(self, timeout: float | None = None) -> bool:
+        """Wait until the loop has carried out every command given before (calls
+        submitted so far are queued or sent to an instance)."""
+        done = threading.Event()
+        self._loop.command("barrier", done)
+        return done.wait(timeout)
+
+    def _check_function(self, library: str, function: str) -> Library:
         self._check_open()
         spec = self._libraries.get(library)
         if spec is None:
             raise UnknownLibrary(f"no library named {library!r} is installed "
                                  f"(installed: {', '.join(sorted(self._libraries)) or 'none'})")
-        if function not in spec.functions:
+        if function not in spec.functions and function != CHUNK_FUNCTION:
             raise UnknownFunction(f"library {library!r} has no function {function!r} "
                                   f"(it has: {', '.join(sorted(spec.functions))})")
+        return spec
+
+    def _new_call(self, library: str, function: str, args: tuple, kwargs: dict,
+                  timeout: float | None) -> CallRecord:
+        spec = self._check_function(library, function)
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive seconds")
         if type(args) is not tuple:

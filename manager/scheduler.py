@@ -447,7 +447,10 @@ class Scheduler:
             if worker.cores < spec.cores or worker.memory_mb < spec.memory_mb:
                 continue
             others = [self.instances[i] for i in worker.instances]
-            others = [i for i in others if i.library != record.name and i.state in (STARTING, READY)]
+            # a starting instance is not a victim: it has calls coming (it was deployed for
+            # them), and stopping it would only make its library take the room back, each
+            # making room for the other in turn forever; once ready, it is idle or drains
+            others = [i for i in others if i.library != record.name and i.state == READY]
             # idle first, then the instances of libraries holding many, then the least busy
             others.sort(key=lambda i: (bool(i.outstanding) or self._has_pending(i.library),
                                        -len(self.libraries[i.library].instances)

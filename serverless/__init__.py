@@ -52,6 +52,7 @@ from .library import Library
 from .protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
+    from serverless.executor import Executor
     from serverless.manager.config import ManagerConfig
     from serverless.manager.manager import Manager
     from serverless.manager.policy import SchedulingPolicy
@@ -63,6 +64,7 @@ __all__ = [
     "Environment",
     "File",
     "Manager",
+    "Executor",
     "ManagerConfig",
     "SchedulingPolicy",
     "state",
@@ -96,6 +98,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Executor": "serverless.executor",
     "Manager": "serverless.manager.manager",
     "ManagerConfig": "serverless.manager.config",
     "SchedulingPolicy": "serverless.manager.policy",

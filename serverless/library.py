@@ -25,9 +25,13 @@ from typing import Any
 from .environment import Environment
 from .serialization import dumps_by_value
 
-__all__ = ["Library", "LibraryPayload", "discover_imports", "MODES"]
+__all__ = ["Library", "LibraryPayload", "discover_imports", "MODES", "CHUNK_FUNCTION"]
 
 MODES = ("fork", "direct")
+# every instance also serves this name: one call that runs a function over a list of
+# argument tuples (``Manager.map(..., chunksize=n)``); not an identifier, so no user
+# function can take it
+CHUNK_FUNCTION = "serverless:chunk"
 
 
 @dataclass(frozen=True)

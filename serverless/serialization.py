@@ -148,7 +148,12 @@ def dumps_by_value(obj: Any, functions: list[Any] | None = None) -> bytes:
         try:
             buffer = io.BytesIO()
             pickler = _SourceKeepingPickler(buffer)
-            pickler.dump(obj)
+            try:
+                pickler.dump(obj)
+            finally:
+                # the pickler is in a reference cycle (its dispatch table holds a bound
+                # method): its memo would keep obj alive until the next gc pass
+                pickler.clear_memo()
             return _frame(_CLOUDPICKLE, _source_lines(pickler.filenames), buffer.getvalue())
         except Exception as exc:
             errors.append(f"cloudpickle: {type(exc).__name__}: {exc}")

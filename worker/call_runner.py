@@ -7,16 +7,18 @@ escapes: every call becomes a result entry ``(call_id, status, payload, duration
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from serverless.errors import ResultNotSerializable
+from serverless.library import CHUNK_FUNCTION
 from serverless.protocol import CallStatus
 from serverless.serialization import dumps_result, encode_exception, loads_args
 
-__all__ = ["run_call", "ResultEntry"]
+__all__ = ["run_call", "run_chunk", "with_chunks", "ResultEntry"]
 
 ResultEntry = tuple  # (call_id, status, payload, duration)
 
@@ -49,3 +51,18 @@ def run_call(functions: Mapping[str, Callable[..., Any]], entry: tuple) -> Resul
         return (call_id, _OK, dumps_result(value), duration)
     except ResultNotSerializable as exc:
         return (call_id, _RESULT_NOT_SERIALIZABLE, str(exc).encode(), duration)
+
+
+def run_chunk(functions: Mapping[str, Callable[..., Any]], name: str,
+              arguments: list[tuple]) -> list[Any]:
+    """Several calls of one function in one call (``Manager.map(..., chunksize=n)``): as
+    ``ProcessPoolExecutor`` does, the first exception fails the whole chunk."""
+    function = functions[name]
+    return [function(*args) for args in arguments]
+
+
+def with_chunks(functions: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """The library's functions plus :data:`~serverless.library.CHUNK_FUNCTION`."""
+    table = dict(functions)
+    table[CHUNK_FUNCTION] = functools.partial(run_chunk, dict(functions))
+    return table

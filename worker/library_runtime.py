@@ -68,6 +68,7 @@ from serverless.protocol import (
 )
 from serverless.serialization import loads_by_value
 
+from .call_runner import with_chunks
 from .direct_executor import DirectExecutor
 from .fork_executor import ForkExecutor
 from .journal import Journal, create_journal
@@ -152,10 +153,10 @@ class LibraryRuntime:
 
     def _make_executor(self, deploy: Deploy, payload: LibraryPayload):
         if deploy.mode == "direct":
-            return DirectExecutor(payload.functions, self._emit,
+            return DirectExecutor(with_chunks(payload.functions), self._emit,
                                   running=self._journal.running_one)
         return ForkExecutor(
-            payload.functions,
+            with_chunks(payload.functions),
             deploy.slots,
             self._poller,
             self._emit,
@@ -289,6 +290,7 @@ def threads_warning(library: str, instance_id: int, count: int) -> str:
             f"{limits or 'none set'}), gRPC, logging handlers, clients with background "
             "threads. Start them inside the call instead, set the library's env= to keep "
             "thread pools at 1, or use mode='direct'. See docs/reliability.md (threads).")
+
 
 def _import_learned(modules: object) -> None:
     """Modules other instances of the library learned (from the manager): best effort."""
