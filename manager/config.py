@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from serverless.protocol import MAX_MESSAGE_BYTES
-from serverless.security import require_secret
+from serverless.security import check_secret_options, require_secret
 
 from .policy import SchedulingPolicy
 
@@ -30,11 +30,15 @@ class ManagerConfig:
         that sends more); a call whose result is larger fails with ResultTooLarge, one whose
         arguments are larger is refused by ``call()`` (ArgumentsTooLarge). Calls to a worker
         go in batches under the worker's own limit (``--max-message-bytes``).
-    secret: authenticates workers and encrypts traffic (CURVE keys derived from it): the
-        secret itself (str or bytes, 16+ characters), True to generate one, or None. Required
-        to listen on anything but loopback. Workers read it from ``Manager.secret_file``.
-    secret_file: read the secret from this file (mode 0600); if the file does not exist,
-        a new secret is generated and written there. See docs/security.md.
+    secret: authenticates workers and encrypts traffic (CURVE keys derived from it), on
+        loopback too: None or True (the default: generate one for this run; local workers
+        get it by themselves), or the secret itself (str or bytes, 16+ characters). Workers
+        read it from ``Manager.secret_file``.
+    secret_file: read the secret from this file (mode 0600, yours); if the file does not
+        exist, a new secret is generated and written there. See docs/security.md.
+    insecure: run with no secret at all (loopback only). Every local user of the machine
+        can then connect, receive code and arguments and run code in your program; a
+        warning says so when the manager starts.
     policy: which instance gets calls and where new instances go, and how many calls (and
         bytes of arguments) an instance and a worker may hold.
     max_queued: the most calls that may be unfinished at once (queued in the manager or
@@ -66,6 +70,7 @@ class ManagerConfig:
     max_queued: int | None = None
     queue_full: str = "block"
     upload_cap: int = 4
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queued is not None and self.max_queued < 1:
@@ -81,14 +86,13 @@ class ManagerConfig:
         if self.upload_cap < 1:
             raise ValueError("upload_cap must be >= 1")
         if self.log_dir is not None:
-            self.log_dir = Path(self.log_dir)
+            self.log_dir = Path(self.log_dir).expanduser()
         if not 65536 <= self.max_message_bytes <= 2**62:
             raise ValueError("max_message_bytes must be between 64 KiB and 2**62")
         if self.secret_file is not None:
             self.secret_file = Path(self.secret_file).expanduser()
-            if self.secret not in (None, False):
-                raise ValueError("give secret or secret_file, not both")
-        require_secret(self.host, self.secret not in (None, False) or self.secret_file is not None)
+        check_secret_options(self.secret, self.secret_file, self.insecure)
+        require_secret(self.host, not self.insecure)
 
     @classmethod
     def names(cls) -> set[str]:

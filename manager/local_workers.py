@@ -5,8 +5,10 @@ so the same program runs on a laptop and, with ``local_workers=0``, against remo
 workers. Local workers are ordinary ``serverless-worker`` processes. They are started from
 the manager's loop thread and die with it (PR_SET_PDEATHSIG), so they never outlive the
 manager; a normal shutdown stops them with a Shutdown message, then SIGTERM, then SIGKILL.
-When the manager has a secret, its workers learn only where the secret file is (through
-SERVERLESS_SECRET_FILE in their environment), never the secret on their command line.
+Its workers learn only where the manager's secret file is (through SERVERLESS_SECRET_FILE
+in their environment), never the secret on their command line; a manager started with
+``insecure=True`` starts them with ``--insecure``. Their work directories are private (0700)
+and their logs are opened with O_NOFOLLOW, mode 0600 (:mod:`serverless.safe_files`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from serverless.safe_files import open_log, private_dir
 from serverless.security import SECRET_FILE_ENV
 
 __all__ = ["LocalWorkers"]
@@ -43,8 +46,7 @@ class LocalWorkers:
 
     def start(self, address: str) -> None:
         for index in range(self.count):
-            workdir = self.log_dir / f"worker-{index}"
-            workdir.mkdir(parents=True, exist_ok=True)
+            workdir = private_dir(self.log_dir / f"worker-{index}", "a local worker's workdir")
             command = [
                 sys.executable, "-m", "serverless.worker", address,
                 "--cores", repr(self.cores),
@@ -57,7 +59,9 @@ class LocalWorkers:
             env = {k: v for k, v in os.environ.items() if k != SECRET_FILE_ENV}
             if self.secret_file is not None:
                 env[SECRET_FILE_ENV] = str(self.secret_file)
-            with open(workdir / "worker.log", "ab", buffering=0) as out:
+            else:
+                command.append("--insecure")
+            with open(open_log(workdir / "worker.log"), "ab", buffering=0) as out:
                 self.processes.append(subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                     start_new_session=True,  # Ctrl-C reaches the manager, which stops us

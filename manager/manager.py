@@ -33,8 +33,10 @@ from serverless.errors import (
 from serverless.data.file import find_files
 from serverless.library import CHUNK_FUNCTION, Library
 from serverless.protocol import arguments_size, call_budget, call_size
+from serverless.safe_files import private_dir
 from serverless.security import ManagerSecret
 from serverless.serialization import dumps_args
+from serverless.transport import raise_descriptor_limit
 
 from .config import ManagerConfig
 from .future import CallFuture
@@ -55,8 +57,9 @@ class Manager:
     ``Manager()`` starts local workers using this machine's cores (the embedded default).
     ``Manager(port=9123, local_workers=0)`` serves only remote workers, started with
     ``serverless-worker HOST:PORT``. Further settings: see :class:`ManagerConfig`.
-    Beyond loopback a secret is required: ``Manager("0.0.0.0", 9123, secret=True)``, and
-    workers started with ``--secret-file`` naming :attr:`secret_file` (docs/security.md).
+    Every manager has a secret (generated unless given; ``insecure=True`` is the loopback-only
+    opt-out): workers started by hand need ``--secret-file`` naming :attr:`secret_file`, or
+    a file with the same secret (docs/security.md).
 
     Use it as a context manager: leaving the block waits for the calls made in it, then
     stops the workers it started (or, when the block raised, fails the unfinished calls
@@ -75,11 +78,14 @@ class Manager:
         self._argument_room = call_budget(self.config.max_message_bytes) - 65536
         self._lock = threading.Lock()
         self._closed = False
+        raise_descriptor_limit()  # idle connections must not keep our own workers out
         made_log_dir = self.config.log_dir is None
-        self._log_dir = self.config.log_dir or Path(tempfile.mkdtemp(prefix="serverless-"))
+        self._log_dir = (private_dir(self.config.log_dir, "log_dir") if self.config.log_dir
+                         else Path(tempfile.mkdtemp(prefix="serverless-")))
         self._secret: ManagerSecret | None = None
         try:  # a constructor that fails leaves no directory, socket, thread or process
-            self._secret = ManagerSecret(self.config.secret, self.config.secret_file)
+            self._secret = ManagerSecret(self.config.secret, self.config.secret_file,
+                                         self.config.insecure)
             count = 1 if self.config.local_workers is None else self.config.local_workers
             local = None
             if count:
@@ -124,9 +130,9 @@ class Manager:
 
     @property
     def secret_file(self) -> Path | None:
-        """The file holding the secret, for ``serverless-worker --secret-file`` (None: no
-        secret). A secret given in memory or generated is written there with mode 0600, in
-        a private directory removed at shutdown."""
+        """The file holding the secret, for ``serverless-worker --secret-file`` (None only
+        with ``insecure=True``). A secret given in memory or generated is written there with
+        mode 0600, in a private directory removed at shutdown."""
         return self._secret.file if self._secret is not None else None
 
     def libraries(self) -> list[str]:

@@ -67,8 +67,11 @@ def shared_manager(tmp_path_factory) -> Iterator[serverless.Manager]:
     m.shutdown()
 
 
-def start_worker(address: str, *args: str) -> subprocess.Popen:
-    """A worker started with the command-line interface, as users do on other nodes."""
+def start_worker(address: str, *args: str, secret_file=None) -> subprocess.Popen:
+    """A worker started with the command-line interface, as users do on other nodes
+    (``secret_file``: the manager's, as ``--secret-file``)."""
+    if secret_file is not None:
+        args = (*args, "--secret-file", str(secret_file))
     return subprocess.Popen(
         [sys.executable, "-m", "serverless.worker", address, *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},

@@ -42,15 +42,17 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = ""
 
 
 def start_node(address: str, name: str, workdir: Path, cores: float = 1.0,
-               connect_timeout: float = 10.0) -> subprocess.Popen:
-    """A ``serverless-worker`` process; calls it runs see ``SERVERLESS_TEST_NODE=name``."""
+               connect_timeout: float = 10.0, secret_file: Path | None = None) -> subprocess.Popen:
+    """A ``serverless-worker`` process; calls it runs see ``SERVERLESS_TEST_NODE=name``.
+    ``secret_file``: the manager's (``Manager.secret_file``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "worker.log", "ab")
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "serverless.worker", address, "--cores", str(cores),
              "--memory", "4000", "--name", name, "--workdir", str(workdir),
-             "--connect-timeout", str(connect_timeout)],
+             "--connect-timeout", str(connect_timeout),
+             *(["--secret-file", str(secret_file)] if secret_file is not None else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             env={**os.environ, NODE_VARIABLE: name},
         )

@@ -241,7 +241,7 @@ def test_a_remote_worker_started_with_the_cli(tmp_path):
         m.install(serverless.Library("remote", [whoami, add]))
         future = m.call("remote", "add", 2, 3)  # queued until a worker joins
         worker = start_worker(m.address, "--cores", "1", "--memory", "512",
-                              "--workdir", str(tmp_path))
+                              "--workdir", str(tmp_path), secret_file=m.secret_file)
         assert future.result(timeout=60) == 5
         assert [w.cores for w in m.workers()] == [1.0]
         assert m.call("remote", "whoami").result() != os.getpid()

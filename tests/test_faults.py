@@ -96,11 +96,11 @@ def test_a_killed_worker_s_calls_run_again_elsewhere(tmp_path):
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST_HEARTBEAT) as m:
         m.install(serverless.Library("hold", [hold]))
         (tmp_path / "hold-A").touch()
-        a = start_node(m.address, "A", tmp_path / "A")
+        a = start_node(m.address, "A", tmp_path / "A", secret_file=m.secret_file)
         futures = [m.call("hold", "hold", i, str(tmp_path)) for i in range(6)]
         wait_until(lambda: started_on(tmp_path, "A"), what="a call running on A")
         a_tree = tree(a.pid)
-        b = start_node(m.address, "B", tmp_path / "B")
+        b = start_node(m.address, "B", tmp_path / "B", secret_file=m.secret_file)
         wait_until(lambda: len(m.workers()) == 2, what="B registered")
         a.send_signal(signal.SIGKILL)
         results = [f.result(timeout=60) for f in futures]
@@ -121,10 +121,10 @@ def test_a_frozen_worker_is_written_off_and_told_to_go_when_it_wakes(tmp_path):
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST_HEARTBEAT) as m:
         m.install(serverless.Library("hold", [hold]))
         (tmp_path / "hold-A").touch()
-        a = start_node(m.address, "A", tmp_path / "A")
+        a = start_node(m.address, "A", tmp_path / "A", secret_file=m.secret_file)
         futures = [m.call("hold", "hold", i, str(tmp_path)) for i in range(4)]
         wait_until(lambda: started_on(tmp_path, "A"), what="a call running on A")
-        b = start_node(m.address, "B", tmp_path / "B")
+        b = start_node(m.address, "B", tmp_path / "B", secret_file=m.secret_file)
         wait_until(lambda: len(m.workers()) == 2, what="B registered")
         a_tree = tree(a.pid)
         a_calls = [p for p in a_tree if p.ppid() in {lib.pid for lib in libraries_of(a.pid)}]
@@ -156,7 +156,7 @@ def test_past_max_retries_a_call_fails_with_worker_lost(tmp_path):
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", max_retries=1,
                             **FAST_HEARTBEAT) as m:
         m.install(serverless.Library("killer", [kill_my_worker]))
-        workers = [start_node(m.address, name, tmp_path / name) for name in "AB"]
+        workers = [start_node(m.address, name, tmp_path / name, secret_file=m.secret_file) for name in "AB"]
         wait_until(lambda: len(m.workers()) == 2, what="two workers")
         trees = [p for w in workers for p in tree(w.pid)]
         future = m.call("killer", "kill_my_worker", str(tmp_path))
@@ -261,6 +261,7 @@ MANAGER_SCRIPT = textwrap.dedent("""
             time.sleep(1)
 
     m = serverless.Manager(local_cores=1, log_dir=sys.argv[1] + "/logs",
+                           secret_file=sys.argv[1] + "/secret",
                            heartbeat_interval=0.2, heartbeat_timeout=2.0)
     m.install(serverless.Library("block", [block]))
     print(m.address, flush=True)
@@ -282,7 +283,8 @@ def test_when_the_manager_dies_workers_stop_their_libraries_and_exit(tmp_path):
         try:
             address = manager.stdout.readline().strip()
             assert address, "the manager script did not start"
-            remote = start_node(address, "remote", tmp_path / "remote")
+            remote = start_node(address, "remote", tmp_path / "remote",
+                                secret_file=tmp_path / "secret")
             # a call runs under each worker: the local one and the remote one
             wait_until(lambda: len(list(tmp_path.glob("running-*"))) == 2, what="two calls running")
             procs = tree(manager.pid) + tree(remote.pid)

@@ -97,8 +97,15 @@ def random_client_keys(server: CurveKeys) -> CurveKeys:
 def test_binding_beyond_loopback_without_a_secret_is_refused():
     for host in ("0.0.0.0", "::", "*", "10.1.2.3", "eth0"):
         with pytest.raises(serverless.SecurityError, match="without a secret.*secret_file"):
-            serverless.Manager(host, local_workers=0)
+            serverless.Manager(host, local_workers=0, insecure=True)
     assert not descendants()
+
+
+def test_contradictory_secret_options_are_refused():
+    for options in ({"secret": False}, {"insecure": True, "secret": SECRET},
+                    {"insecure": True, "secret_file": "/nonexistent"}):
+        with pytest.raises(ValueError):
+            serverless.Manager(local_workers=0, **options)
 
 
 def test_loopback_is_recognised():
@@ -138,7 +145,7 @@ def test_a_generated_secret_is_written_0600_and_removed_at_shutdown(tmp_path):
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         assert not path.is_relative_to(m.log_dir)
     assert not path.exists()
-    with serverless.Manager(local_workers=0) as m:
+    with serverless.Manager(local_workers=0, insecure=True) as m:
         assert m.secret_file is None
 
 
@@ -186,7 +193,7 @@ def test_a_worker_with_the_wrong_secret_is_never_registered(tmp_path):
         future = m.call("guarded", "add", 20, 22)
         for args, fragment in (
             (["--secret-file", str(wrong)], "refused this worker's key"),
-            ([], "requires a secret"),
+            (["--insecure"], "requires a secret"),
         ):
             worker = cli_worker(m.address, "--workdir", str(tmp_path / "w"), *args)
             output, _ = worker.communicate(timeout=60)

@@ -62,7 +62,8 @@ class Soak:
     def start_worker(self) -> None:
         self.started += 1
         self.workers.append(start_node(self.manager.address, f"w{self.started}",
-                                       self.workdir / f"w{self.started}", cores=2))
+                                       self.workdir / f"w{self.started}", cores=2,
+                                       secret_file=self.manager.secret_file))
 
     def remember(self) -> None:
         for worker in self.workers:

@@ -77,6 +77,7 @@ from serverless.protocol import (
     results_messages,
     safe_dumps,
 )
+from serverless.safe_files import safe_name
 from serverless.security import CurveKeys
 from serverless.serialization import decode_exception
 from serverless.transport import connect_dealer, new_context
@@ -288,7 +289,8 @@ class WorkerAgent:
         if archive is None and (spec := archive_needed(environment, self.config.env_dir)):
             self._data.hold_deploy(msg.instance_id, spec, (msg, frames))  # fetch it first
             return
-        log_path = self.config.workdir / f"{msg.library}-{msg.instance_id}.log"
+        # the name comes from the manager: never let it reach outside the workdir
+        log_path = self.config.workdir / f"{safe_name(msg.library)}-{msg.instance_id}.log"
         try:
             handle = LibraryHandle(
                 msg.instance_id, msg.library, msg.options.get("python"),

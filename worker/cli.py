@@ -5,10 +5,14 @@ TCP, offers ``--cores`` and ``--memory``, runs library instances as the manager 
 and exits when the manager shuts down or is lost. Library logs (what calls print) are
 written under ``--workdir``.
 
-A manager with a secret needs ``--secret-file FILE`` (or ``SERVERLESS_SECRET_FILE=FILE`` in
-the environment), FILE holding the same secret with mode 0600; the secret itself is never
-accepted on the command line, where ``ps`` would show it. Before serving, the worker checks
-that the manager accepts its key and says so in words if not (exit code 4).
+A worker needs the manager's secret: ``--secret-file FILE`` (or ``SERVERLESS_SECRET_FILE=FILE``
+in the environment), FILE holding the same secret with mode 0600; the secret itself is never
+accepted on the command line, where ``ps`` would show it. Without one it refuses to start
+unless given ``--insecure`` (for a manager started with ``insecure=True``): a worker runs
+whatever its manager sends, so it must know it talks to the real one, which CURVE proves
+(also after a reconnect, when someone else may have bound the freed port). Before serving,
+the worker checks that the manager accepts its key and says so in words if not (exit
+code 4).
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ import psutil
 
 from serverless.errors import SecurityError
 from serverless.protocol import MAX_MESSAGE_BYTES
-from serverless.security import SECRET_FILE_ENV, CurveKeys, derive_keys, read_secret_file
-from serverless.transport import probe_handshake
+from serverless.safe_files import private_dir, safe_name
+from serverless.security import (
+    SECRET_FILE_ENV,
+    CurveKeys,
+    derive_keys,
+    read_secret_file,
+    require_secret,
+)
+from serverless.transport import parse_address, probe_handshake, raise_descriptor_limit
 
 from .agent import EXIT_REJECTED, WorkerAgent, WorkerConfig
 from .processes import die_with_parent
@@ -59,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-file", type=Path, default=None, metavar="FILE",
                         help="the manager's secret, in a file only you can read (default: "
                              f"${SECRET_FILE_ENV}; none: connect without a secret)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="connect without a secret, to a manager started with "
+                             "insecure=True: anyone who can take the manager's port could "
+                             "then run code here (loopback only)")
     parser.add_argument("--secret", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
     parser.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, metavar="N",
                         help="the largest message accepted from the manager")
@@ -89,13 +104,22 @@ class _RefuseSecret(argparse.Action):
                        f"{SECRET_FILE_ENV}=FILE\n")
 
 
-def _curve_keys(secret_file: Path | None) -> CurveKeys | None:
-    """The keys from ``--secret-file`` or the environment (None: no secret); the variable is
-    removed so that library processes and what they start do not inherit it."""
+def _curve_keys(secret_file: Path | None, insecure: bool) -> CurveKeys | None:
+    """The keys from ``--secret-file`` or the environment (None: ``--insecure``); the
+    variable is removed so that library processes and what they start do not inherit it."""
     from_env = os.environ.pop(SECRET_FILE_ENV, None)
     path = secret_file or (Path(from_env) if from_env else None)
-    path = path.expanduser() if path is not None else None
-    return derive_keys(read_secret_file(path)) if path is not None else None
+    if path is None:
+        if insecure:
+            return None
+        raise SecurityError(
+            "no secret: give --secret-file FILE (or SERVERLESS_SECRET_FILE=FILE), FILE "
+            "holding the manager's secret (Manager.secret_file); a worker without one would "
+            "run code from anyone who takes the manager's port. --insecure connects without "
+            "one, to a manager started with insecure=True (loopback only)")
+    if insecure:
+        raise SecurityError("give a secret file or --insecure, not both")
+    return derive_keys(read_secret_file(path.expanduser()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.die_with_parent is not None:
         die_with_parent(args.die_with_parent, signal.SIGTERM)
+    raise_descriptor_limit()
     try:
-        keys = _curve_keys(args.secret_file)
-    except SecurityError as exc:
+        keys = _curve_keys(args.secret_file, args.insecure)
+        if args.insecure:
+            require_secret(parse_address(args.manager)[0], False)
+        workdir = (private_dir(args.workdir, "--workdir") if args.workdir is not None
+                   else None)
+    except (SecurityError, ValueError) as exc:
         print(f"serverless-worker: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
@@ -122,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serverless-worker: {refused}", file=sys.stderr)
         return EXIT_REJECTED
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"serverless-{name}-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"serverless-{safe_name(name)}-"))
     logging.getLogger("serverless.worker").info("library logs in %s", workdir)
     config = WorkerConfig(
         manager=args.manager,

@@ -20,6 +20,7 @@ from collections import deque
 from pathlib import Path
 
 from serverless.protocol import StreamDecoder, pack_stream
+from serverless.safe_files import open_log
 
 from .env_launch import launch_command, launch_variables
 from .journal import create_journal, read_journal
@@ -65,8 +66,8 @@ class LibraryHandle:
         else:  # env_launch prepares the environment (maybe a long unpack), then execs into it
             command = launch_command(fd, instance_id, self._journal_fd)
             full_env.update(launch_variables(environment, env))
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab", buffering=0) as log:
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(open_log(log_path), "ab", buffering=0) as log:  # O_NOFOLLOW, 0600
             self.process = subprocess.Popen(
                 command,
                 pass_fds=(child_sock.fileno(), self._journal_fd),
