@@ -35,6 +35,11 @@ Validation: :func:`decode` raises :class:`ProtocolError` for anything malformed 
 another exception, never runs code): a frame that is not a plain-value pickle, an unknown
 tag, a wrong field count or type, a negative count or id, a float that is not finite, a
 ``Cancel`` with ids that are not ints, a ``Deploy`` whose options are not plain strings.
+:func:`batch_entries` checks every field of every Calls and Results entry the same way
+(ids ints >= 0, a status of :class:`CallStatus`, durations finite seconds >= 0, timeouts
+None or finite seconds > 0, payloads bytes or out-of-band references that match the
+frames, the entry count), so a bad entry raises ProtocolError at decode, never later in
+the scheduler or a library; the common batch is checked in a few C-level passes.
 The size of messages over zmq is bounded by the sockets (``max_message_bytes``, zmq's
 MAXMSGSIZE, which drops a connection that sends more). Each side tells the other its bound
 (``Register``, ``Welcome``) and keeps under it: :func:`fit_calls` splits the manager's call

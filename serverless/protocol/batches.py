@@ -17,6 +17,7 @@ splits a worker's result batches, failing only the calls whose own result is too
 
 from __future__ import annotations
 
+import math
 import operator
 import pickle
 import typing
@@ -42,31 +43,121 @@ __all__ = [
 ]
 
 
-def encode_batch(entries: list[tuple]) -> bytes:
-    """The payload of a Calls or Results message."""
-    return pickle.dumps(entries, _PICKLE)
-
-
-def decode_batch(payload: bytes | memoryview) -> list[tuple]:
-    """The entries of a Calls or Results payload (plain tuples, checked for shape)."""
-    entries = safe_loads(payload)
-    if type(entries) is not list:
-        raise ProtocolError("batch payload is not a list")
-    for entry in entries:
-        if type(entry) is not tuple or len(entry) != 4 or type(entry[0]) is not int:
-            raise ProtocolError("malformed batch entry")
-    return entries
-
-
-_ENVELOPE_ROOM = 4096  # bytes kept free for the envelope, pickle and CURVE framing
-_ENTRY_ROOM = 64  # pickle framing of one result entry
-
-
 # A call's arguments: their pickle, or (pickle, buffers) when large buffers travel out of
 # band, each as a frame of its own (serverless.serialization.dumps_args).
 Arguments = typing.Union[bytes, tuple[bytes, tuple[typing.Union[bytes, bytearray], ...]]]
 MAX_CALL_BUFFERS = 256  # out-of-band buffers of one call (more: all in band)
 MAX_BATCH_BUFFERS = 1024  # out-of-band buffers of one Calls message
+
+
+def encode_batch(entries: list[tuple]) -> bytes:
+    """The payload of a Calls or Results message."""
+    return pickle.dumps(entries, _PICKLE)
+
+
+_STATUSES = frozenset(int(status) for status in CallStatus)
+_INT_BOUND = 1 << 53  # an int number of seconds beyond this would not survive float()
+
+
+def _seconds(value: object) -> bool:
+    """A finite number of seconds (int or float, not bool) that float() keeps exactly."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is int and -_INT_BOUND < value < _INT_BOUND  # type: ignore[operator]
+
+
+def _out_of_band(data: object) -> bool:
+    """``(pickle, n)``: a payload whose ``n`` buffers follow the batch as frames."""
+    return (type(data) is tuple and len(data) == 2 and type(data[0]) is bytes
+            and type(data[1]) is int and 0 < data[1] <= MAX_BATCH_BUFFERS)
+
+
+def _check_results(entries: list) -> None:
+    """Each entry ``(call_id, status, payload, duration)``: call_id an int >= 0, status one
+    of :class:`CallStatus`, payload bytes or out of band, duration finite seconds >= 0."""
+    for entry in entries:
+        if type(entry) is not tuple or len(entry) != 4:
+            raise ProtocolError("results: an entry is not a 4-tuple")
+        call_id, status, payload, duration = entry
+        if type(call_id) is not int or call_id < 0:
+            raise ProtocolError(f"results: call id {call_id!r:.40} is not an int >= 0")
+        if type(status) is not int or status not in _STATUSES:
+            raise ProtocolError(f"results: status {status!r:.40} is not a known CallStatus")
+        if type(payload) is not bytes and not _out_of_band(payload):
+            raise ProtocolError(f"results: a payload of type {type(payload).__name__}")
+        if not (_seconds(duration) and duration >= 0):
+            raise ProtocolError(f"results: duration {duration!r:.40} is not finite seconds >= 0")
+
+
+def _check_calls(entries: list) -> None:
+    """Each entry ``(call_id, function, args, timeout)``: call_id an int >= 0, function a
+    str, args bytes or out of band, timeout None or finite seconds > 0."""
+    for entry in entries:
+        if type(entry) is not tuple or len(entry) != 4:
+            raise ProtocolError("calls: an entry is not a 4-tuple")
+        call_id, function, args, timeout = entry
+        if type(call_id) is not int or call_id < 0:
+            raise ProtocolError(f"calls: call id {call_id!r:.40} is not an int >= 0")
+        if type(function) is not str:
+            raise ProtocolError(f"calls: a function name of type {type(function).__name__}")
+        if type(args) is not bytes and not _out_of_band(args):
+            raise ProtocolError(f"calls: arguments of type {type(args).__name__}")
+        if timeout is not None and not (_seconds(timeout) and timeout > 0):
+            raise ProtocolError(f"calls: timeout {timeout!r:.40} is not None or finite seconds > 0")
+
+
+_INT, _FLOAT, _BYTES, _STR, _NONE = {int}, {float}, {bytes}, {str}, {type(None)}
+
+
+def _all_plain(entries: list, results: bool) -> bool:
+    """The common batch, checked in a few C-level passes: 4-tuples, int ids >= 0, bytes
+    payloads, and (results) known statuses with finite float durations >= 0, or (calls)
+    str functions with no timeout or finite float timeouts > 0. False: check one by one."""
+    if set(map(type, entries)) != {tuple} or sum(map(len, entries)) != 4 * len(entries):
+        return False
+    try:
+        ids, second, data, seconds = zip(*entries)  # with the sum: every entry has 4 items
+    except ValueError:
+        return False
+    if set(map(type, ids)) != _INT or min(ids) < 0 or set(map(type, data)) != _BYTES:
+        return False
+    if results:
+        if set(map(type, second)) != _INT or not _STATUSES.issuperset(second):
+            return False
+    elif set(map(type, second)) != _STR:
+        return False
+    kinds = set(map(type, seconds))
+    if not results and kinds == _NONE:
+        return True
+    if kinds != _FLOAT:
+        return False
+    # NaN or an infinity makes the sum one too (a sum that overflows: the slow path decides)
+    return math.isfinite(sum(seconds)) and (min(seconds) >= 0 if results else min(seconds) > 0)
+
+
+def decode_batch(payload: bytes | memoryview, kind: type[Calls] | type[Results] | None = None) -> list[tuple]:
+    """The entries of a Calls or Results payload, every field of every entry checked
+    (``kind``: Calls or Results; None checks only that entries are 4-tuples with an int id).
+    A bad entry raises ProtocolError here, never later in the scheduler or the library."""
+    entries = safe_loads(payload)
+    if type(entries) is not list:
+        raise ProtocolError("batch payload is not a list")
+    if kind is Results:
+        if entries and not _all_plain(entries, True):
+            _check_results(entries)
+    elif kind is Calls:
+        if entries and not _all_plain(entries, False):
+            _check_calls(entries)
+    else:
+        for entry in entries:
+            if type(entry) is not tuple or len(entry) != 4 or type(entry[0]) is not int:
+                raise ProtocolError("malformed batch entry")
+    return entries
+
+
+_ENVELOPE_ROOM = 4096  # bytes kept free for the envelope, pickle and CURVE framing
+_ENTRY_ROOM = 64  # pickle framing of one result entry
 
 
 def arguments_size(args: Arguments) -> int:
@@ -101,9 +192,13 @@ def batch_message(cls: type[Calls] | type[Results], instance_id: int, entries: l
 def batch_entries(msg: Calls | Results) -> list[tuple]:
     """The entries of ``msg`` with their out-of-band buffers back in place (as bytearrays,
     so that arrays unpickled over them are writable); ProtocolError if they do not match."""
-    entries = decode_batch(msg.payload)
+    entries = decode_batch(msg.payload, type(msg))
+    if len(entries) != msg.count:
+        raise ProtocolError(f"{msg.TAG}: count {msg.count} but {len(entries)} entries")
     buffers = msg.buffers
     if not buffers:
+        if tuple in set(map(type, map(_ARGS, entries))):
+            raise ProtocolError(f"{msg.TAG}: out-of-band data named but no buffers")
         return entries
     used = 0
     for index, entry in enumerate(entries):
