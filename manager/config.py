@@ -36,6 +36,9 @@ class ManagerConfig:
         read it from ``Manager.secret_file``.
     secret_file: read the secret from this file (mode 0600, yours); if the file does not
         exist, a new secret is generated and written there. See docs/security.md.
+    worker_keys: an allow-list file of per-worker public keys (``serverless.worker_keys``):
+        workers started with ``--key-file`` are admitted while their key is listed; delete a
+        line to refuse that node from then on, without rotating the secret.
     insecure: run with no secret at all (loopback only). Every local user of the machine
         can then connect, receive code and arguments and run code in your program; a
         warning says so when the manager starts.
@@ -70,6 +73,7 @@ class ManagerConfig:
     max_queued: int | None = None
     queue_full: str = "block"
     upload_cap: int = 4
+    worker_keys: Path | None = None
     insecure: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +96,10 @@ class ManagerConfig:
         if self.secret_file is not None:
             self.secret_file = Path(self.secret_file).expanduser()
         check_secret_options(self.secret, self.secret_file, self.insecure)
+        if self.worker_keys is not None:
+            self.worker_keys = Path(self.worker_keys).expanduser()
+            if self.insecure:
+                raise ValueError("worker_keys needs a secret: do not pass insecure=True")
         require_secret(self.host, not self.insecure)
 
     @classmethod

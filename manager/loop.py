@@ -59,6 +59,7 @@ from serverless.protocol import (
 from serverless.outcomes import outcome
 from serverless.security import CurveKeys
 from serverless.transport import bind_router, new_context
+from serverless.worker_keys import AllowList
 
 from .config import ManagerConfig
 from .data import ManagerData
@@ -106,8 +107,9 @@ class ManagerLoop:
         self.scheduler = scheduler
         self._context = new_context()
         try:
+            allowed = AllowList(config.worker_keys) if config.worker_keys is not None else None
             self._sock, self.endpoint = bind_router(  # keys: CURVE + ZAP, see transport
-                self._context, config.host, config.port, config.max_message_bytes, keys)
+                self._context, config.host, config.port, config.max_message_bytes, keys, allowed)
         except BaseException:  # e.g. the port is in use: leave no context (and thread) behind
             self._context.term()
             raise

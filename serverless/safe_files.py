@@ -67,8 +67,10 @@ def private_dir(path: str | os.PathLike, what: str = "the directory") -> Path:
     return path
 
 
-def open_private_file(path: Path, what: str) -> int:
-    """A read-only descriptor on ``path``, checked to be a private regular file of ours."""
+def open_private_file(path: Path, what: str, others_may_read: bool = False) -> int:
+    """A read-only descriptor on ``path``, checked to be a private regular file of ours
+    (``others_may_read``: only writing by group or others is refused, for files that hold
+    nothing secret but must not be changed by anyone else, like an allow-list)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -82,7 +84,7 @@ def open_private_file(path: Path, what: str) -> int:
         if info.st_uid != os.geteuid():
             raise SecurityError(f"{what} {path} belongs to another user (uid {info.st_uid}); "
                                 "only a file of your own is trusted")
-        if info.st_mode & 0o077:
+        if info.st_mode & (0o022 if others_may_read else 0o077):
             raise SecurityError(
                 f"{what} {path} is open to other users (mode "
                 f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`")

@@ -316,8 +316,10 @@ class _ZapHandler(threading.Thread):
                                       z85.encode(credentials[0]), b""])
             return
         if entry is not None:
+            key = z85.encode(credentials[0]).decode() if len(credentials) == 1 and len(
+                credentials[0]) == 32 else "none"
             entry[2](f"{entry[3]} refused a connection from "
-                     f"{address.decode(errors='replace')}: its key is not a worker's "
+                     f"{address.decode(errors='replace')}: its key ({key}) is not a worker's "
                      "(wrong or missing secret, or a revoked worker key)")
         self._zap.send_multipart([version, request_id, b"400", b"unknown key", b"", b""])
 

@@ -259,3 +259,22 @@ def test_stream_decoder_refuses_frames_over_its_limit():
 def test_stream_decoder_refuses_absurd_frame_counts():
     with pytest.raises(ProtocolError):
         list(StreamDecoder().feed((1 << 30).to_bytes(4, "big")))
+
+
+def test_an_envelope_over_the_bound_is_refused_before_it_is_unpickled():
+    import tracemalloc
+
+    from serverless.protocol import MAX_ENVELOPE_BYTES
+
+    lists = b"\x80\x05]" + b"]a" * (MAX_ENVELOPE_BYTES // 2 + 10) + b"."  # a million lists
+    assert len(lists) > MAX_ENVELOPE_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="envelope of .* over"):
+            decode([lists])
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20  # nothing was unpickled
+    finally:
+        tracemalloc.stop()
+    small = b"\x80\x05]" + b"]a" * 1000 + b"."
+    with pytest.raises(ProtocolError, match="tagged tuple"):  # under the bound: decoded, refused
+        decode([small])

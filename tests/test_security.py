@@ -297,3 +297,32 @@ def test_a_secret_file_under_home_is_made_with_its_directory(tmp_path, monkeypat
     assert made.file.parent.stat().st_mode & 0o777 == 0o700
     again = ManagerSecret(None, "~/.serverless/secret")
     assert again.keys == made.keys  # the same file: the same keys
+
+
+def test_generated_secrets_skip_scrypt_and_old_secrets_keep_their_keys(tmp_path):
+    import hashlib
+    import hmac
+    import time
+
+    from zmq.utils import z85
+
+    from serverless.security import generate_secret, is_generated
+
+    secret = generate_secret()
+    assert is_generated(secret.encode()) and not is_generated(SECRET.encode())
+    assert generate_secret() != secret
+    started = time.perf_counter()
+    keys = derive_keys(secret)
+    assert time.perf_counter() - started < 0.05  # HKDF alone: no scrypt on Manager() start
+    assert keys != derive_keys(generate_secret())
+    # a phrase or a file written by an older version derives exactly the keys it did
+    salt = b"serverless CURVE keys v1"
+    stretched = hashlib.scrypt(SECRET.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    master = hmac.new(salt, stretched, hashlib.sha256).digest()
+    old_server_secret = z85.encode(hmac.new(master, b"server\x01", hashlib.sha256).digest())
+    old_file = tmp_path / "old.secret"
+    old_file.write_text(SECRET + "\n")
+    old_file.chmod(0o600)
+    assert derive_keys(read_secret_file(old_file)).server_secret == old_server_secret
+    with serverless.Manager(local_workers=0) as m:  # the default writes a generated secret
+        assert is_generated(read_secret_file(m.secret_file))

@@ -50,6 +50,7 @@ from serverless.data.file import worker_path
 from serverless.errors import ProtocolError, describe_exit
 from serverless.protocol import (
     MAX_MESSAGE_BYTES,
+    MAX_STREAM_BYTES,
     PROTOCOL_VERSION,
     Calls,
     CallStatus,
@@ -295,7 +296,7 @@ class WorkerAgent:
             handle = LibraryHandle(
                 msg.instance_id, msg.library, msg.options.get("python"),
                 dict(msg.options.get("env", {})), msg.cores, msg.slots, log_path,
-                max(self.config.max_message_bytes, MAX_MESSAGE_BYTES),  # big results fail alone
+                max(self.config.max_message_bytes, MAX_STREAM_BYTES),  # big results fail alone
                 launch_spec(environment, self.config.env_dir, archive),
                 msg.mode,
             )

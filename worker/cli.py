@@ -40,6 +40,7 @@ from serverless.security import (
     require_secret,
 )
 from serverless.transport import parse_address, probe_handshake, raise_descriptor_limit
+from serverless.worker_keys import KEY_FILE_ENV, read_worker_key
 
 from .agent import EXIT_REJECTED, WorkerAgent, WorkerConfig
 from .processes import die_with_parent
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-file", type=Path, default=None, metavar="FILE",
                         help="the manager's secret, in a file only you can read (default: "
                              f"${SECRET_FILE_ENV}; none: connect without a secret)")
+    parser.add_argument("--key-file", type=Path, default=None, metavar="FILE",
+                        help="this worker's own key (python -m serverless.worker_keys new), "
+                             f"instead of the secret (default: ${KEY_FILE_ENV})")
     parser.add_argument("--insecure", action="store_true",
                         help="connect without a secret, to a manager started with "
                              "insecure=True: anyone who can take the manager's port could "
@@ -104,11 +108,19 @@ class _RefuseSecret(argparse.Action):
                        f"{SECRET_FILE_ENV}=FILE\n")
 
 
-def _curve_keys(secret_file: Path | None, insecure: bool) -> CurveKeys | None:
-    """The keys from ``--secret-file`` or the environment (None: ``--insecure``); the
-    variable is removed so that library processes and what they start do not inherit it."""
+def _curve_keys(secret_file: Path | None, key_file: Path | None,
+                insecure: bool) -> CurveKeys | None:
+    """The keys from ``--secret-file``/``--key-file`` or the environment (None:
+    ``--insecure``); the variables are removed so that library processes and what they
+    start do not inherit them."""
     from_env = os.environ.pop(SECRET_FILE_ENV, None)
+    key_from_env = os.environ.pop(KEY_FILE_ENV, None)
+    key_path = key_file or (Path(key_from_env) if key_from_env else None)
     path = secret_file or (Path(from_env) if from_env else None)
+    if key_path is not None:
+        if path is not None or insecure:
+            raise SecurityError("give one of --key-file, --secret-file and --insecure")
+        return read_worker_key(key_path)
     if path is None:
         if insecure:
             return None
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(args.die_with_parent, signal.SIGTERM)
     raise_descriptor_limit()
     try:
-        keys = _curve_keys(args.secret_file, args.insecure)
+        keys = _curve_keys(args.secret_file, args.key_file, args.insecure)
         if args.insecure:
             require_secret(parse_address(args.manager)[0], False)
         workdir = (private_dir(args.workdir, "--workdir") if args.workdir is not None

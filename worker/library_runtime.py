@@ -61,6 +61,7 @@ from serverless.protocol import (
     StopInstance,
     StreamDecoder,
     batch_entries,
+    clip_text,
     decode,
     encode,
     pack_stream,
@@ -127,8 +128,8 @@ class LibraryRuntime:
         except BaseException as exc:
             self._send(InstanceFailed(
                 deploy.instance_id,
-                f"library {deploy.library!r} failed to start: {type(exc).__name__}: {exc}",
-                traceback.format_exc(),
+                clip_text(f"library {deploy.library!r} failed to start: {type(exc).__name__}: {exc}"),
+                clip_text(traceback.format_exc(), keep_end=True),
                 True,
             ))
             raise SystemExit(EXIT_START_FAILED) from None

@@ -14,18 +14,21 @@ from collections.abc import Iterator, Sequence
 
 from ..errors import ProtocolError
 from .batches import MAX_BATCH_BUFFERS
-from .messages import MAX_MESSAGE_BYTES
 
 if typing.TYPE_CHECKING:
     import socket
 
-__all__ = ["pack_stream", "StreamDecoder", "STREAM_READ_SIZE", "BIG_FRAME"]
+__all__ = ["pack_stream", "StreamDecoder", "STREAM_READ_SIZE", "BIG_FRAME", "MAX_STREAM_BYTES"]
 
 _COUNT = struct.Struct("!I")
 _LENGTH = struct.Struct("!Q")
 STREAM_READ_SIZE = 1 << 16  # reads of 1 MiB made glibc mmap and munmap a buffer every time
 BIG_FRAME = 1 << 20  # frames from this size on are read into a buffer of their own
 _MAX_STREAM_FRAMES = 2 + MAX_BATCH_BUFFERS  # envelope, payload, out-of-band buffers
+# A frame's limit on the local, trusted stream between an agent and its library processes:
+# above the network's message limit, so that a result too large for the manager reaches
+# the agent and fails only its call (ResultTooLarge) instead of ending the instance.
+MAX_STREAM_BYTES = 1 << 31
 
 
 def pack_stream(frames: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
@@ -46,7 +49,7 @@ class StreamDecoder:
     ``bytearray``, smaller ones as ``bytes``.
     """
 
-    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = MAX_STREAM_BYTES) -> None:
         self._buffer = bytearray()  # read, not yet parsed (headers, small frames)
         self._max = max_message_bytes
         self._count = -1  # frames in the message being read; -1: its header is not in yet

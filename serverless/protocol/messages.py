@@ -34,6 +34,8 @@ from ..errors import ProtocolError, ProtocolVersionError
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_MESSAGE_BYTES",
+    "MAX_ENVELOPE_BYTES",
+    "clip_text",
     "CallStatus",
     "Message",
     "MESSAGES",
@@ -67,7 +69,14 @@ __all__ = [
 PROTOCOL_VERSION = 4  # 2: Welcome carries max_message_bytes; RESULT_TOO_LARGE
 # 3: Register carries the worker's max_message_bytes; ARGUMENTS_TOO_LARGE
 # 4: this round's messages (hardening, security, data); one bump for the whole round
-MAX_MESSAGE_BYTES = 1 << 31  # the default ceiling on one message; configurable per peer
+# The default ceiling on one message (zmq's MAXMSGSIZE, per frame; configurable per peer).
+# It holds before authentication too (handshake frames), so it is sized for calls: large
+# data travels as files (the data path), not inside messages.
+MAX_MESSAGE_BYTES = 256 << 20
+# Envelopes hold a tag and a few plain fields; a larger one is refused before it is
+# unpickled (a 20 MB pickle of nested lists grows to about 1.1 GB of objects).
+MAX_ENVELOPE_BYTES = 1 << 20
+MAX_TEXT = 64 << 10  # what a message's free text (a reason, a traceback) is clipped to
 _PICKLE = 5
 
 
@@ -103,6 +112,15 @@ def safe_loads(data: bytes | memoryview) -> Any:
         raise
     except Exception as exc:  # any malformed input: truncated, bad opcode, recursion...
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+
+
+def clip_text(text: str, keep_end: bool = False) -> str:
+    """``text`` cut to :data:`MAX_TEXT` characters (its end, for a traceback), so that the
+    envelope carrying it stays far below :data:`MAX_ENVELOPE_BYTES`."""
+    if len(text) <= MAX_TEXT:
+        return text
+    cut = "[...]\n"
+    return cut + text[-(MAX_TEXT - len(cut)):] if keep_end else text[:MAX_TEXT - len(cut)] + cut
 
 
 def safe_dumps(value: Any) -> bytes:
@@ -475,6 +493,9 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     """The message in ``frames``; ProtocolError if anything about it is wrong."""
     if not frames:
         raise ProtocolError("empty message")
+    if len(frames[0]) > MAX_ENVELOPE_BYTES:  # before unpickling: bounded memory
+        raise ProtocolError(f"an envelope of {len(frames[0]):,} bytes is over the "
+                            f"{MAX_ENVELOPE_BYTES:,} limit")
     envelope = safe_loads(frames[0])
     if not isinstance(envelope, tuple) or not envelope or type(envelope[0]) is not str:
         raise ProtocolError("envelope is not a tagged tuple")
