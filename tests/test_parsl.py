@@ -363,3 +363,21 @@ def test_workers_launched_by_the_provider_read_the_managers_secret_file(tmp_path
 def test_importing_serverless_does_not_import_parsl():
     code = "import sys, serverless, serverless.parsl; assert 'parsl' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_provider_workers_get_a_generated_secret_without_the_user_doing_anything(tmp_path):
+    kernel = make_dfk(tmp_path / "runinfo")  # a LocalProvider, no secret in the options
+    secret_file = None
+    try:
+        executor = kernel.executors["serverless"]
+        secret_file = executor.manager.secret_file
+        assert secret_file is not None and secret_file.is_relative_to(tmp_path / "runinfo")
+        assert (secret_file.stat().st_mode & 0o777) == 0o600
+        assert (secret_file.parent.stat().st_mode & 0o777) == 0o700
+        command = executor._get_launch_command("7")
+        assert f"--secret-file {secret_file}" in command and "--insecure" not in command
+        assert app(kernel)(add)(2, 3).result() == 5  # the provider's worker used it
+        assert executor.connected_workers == 1
+    finally:
+        kernel.cleanup()
+    assert secret_file is not None and not secret_file.exists()  # removed at shutdown

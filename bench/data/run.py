@@ -88,7 +88,7 @@ class RunResult:
 
 
 def _start_workers(address: str, count: int, root: Path, cores: float,
-                   shared_env_dir: Path | None) -> list[subprocess.Popen]:
+                   shared_env_dir: Path | None, secret_file: Path) -> list[subprocess.Popen]:
     workers = []
     for i in range(count):
         home = root / f"worker-{i}"
@@ -96,7 +96,8 @@ def _start_workers(address: str, count: int, root: Path, cores: float,
         env = dict(os.environ)
         command = [sys.executable, "-m", "serverless.worker", address, "--cores", str(cores),
                    "--name", f"w{i}", "--workdir", str(home / "work"),
-                   "--env-dir", str(shared_env_dir or home / "envs")]
+                   "--env-dir", str(shared_env_dir or home / "envs"),
+                   "--secret-file", str(secret_file)]
         if _worker_has_option("--cache-dir"):  # a node of its own: its caches too
             command += ["--cache-dir", str(home / "cache"), "--forever-dir", str(home / "forever")]
         with open(home / "worker.log", "ab") as log:
@@ -149,7 +150,7 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
     lock = threading.Lock()
     with serverless.Manager(local_workers=0, log_dir=root / "manager", heartbeat_timeout=120.0,
                             max_start_failures=1) as m:
-        procs = _start_workers(m.address, workers, root, cores, shared_env_dir)
+        procs = _start_workers(m.address, workers, root, cores, shared_env_dir, m.secret_file)
         try:
             _wait_connected(m, workers)
             me = os.getpid()
