@@ -86,9 +86,13 @@ class DataService:
         self._peer.setsockopt(zmq.LINGER, 0)
         self._peer.connect(endpoint)
         self._context = zmq.Context()  # fetch sockets (the server has its own)
-        # the manager keeps uploads per source under its upload_cap; this is a backstop
-        self.server = ChunkServer(host, self._lookup_path, keys, max_clients=64)
-        self.address = self.server.address
+        # a node with a per-worker key (serverless.worker_keys) holds no server key: it
+        # fetches from peers but serves none (an empty address tells the manager so).
+        # The manager keeps uploads per source under its upload_cap; max_clients is a backstop
+        serves = keys is None or bool(keys.server_secret)
+        self.server = (ChunkServer(host, self._lookup_path, keys, max_clients=64) if serves
+                       else None)
+        self.address = self.server.address if self.server is not None else ""
         self._needs: dict[str, _Need] = {}
         self._gates: dict[object, set[str]] = {}  # gate -> ids not yet here
         self._gate_specs: dict[object, tuple[FileSpec, ...]] = {}
@@ -154,7 +158,8 @@ class DataService:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for need in self._needs.values():
             self._discard(need)
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
         self._peer.close(linger=0)
         self._context.term()
         os.close(self._wake_r)
