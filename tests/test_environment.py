@@ -115,7 +115,8 @@ def test_two_workers_and_their_instances_share_one_unpack(tmp_path, bare_archive
     lib = serverless.Library("conc", [who_runs_me], environment=env, slots=1, cores=1)
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
         workers = [start_worker(m.address, "--cores", "2", "--name", f"w{i}",
-                                "--env-dir", str(env_dir), "--workdir", str(tmp_path / f"w{i}"))
+                                "--env-dir", str(env_dir), "--workdir", str(tmp_path / f"w{i}"),
+                                secret_file=m.secret_file)
                    for i in range(2)]
         try:
             m.install(lib)
