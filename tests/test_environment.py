@@ -309,7 +309,8 @@ def _cluster_run(tmp_path: Path, archive: Path, names: list[str], calls: int):
         workers = [start_worker(m.address, "--cores", "1", "--name", name,
                                 "--env-dir", str(tmp_path / name / "envs"),
                                 "--cache-dir", str(tmp_path / name / f"cache-{len(names)}"),
-                                "--workdir", str(tmp_path / name / "work"))
+                                "--workdir", str(tmp_path / name / "work"),
+                                secret_file=m.secret_file)
                    for name in names]
         try:
             m.install(lib)
