@@ -3,7 +3,6 @@ the key (issue 11 section 3). Bounded in count and time, on 127.0.0.1 only."""
 
 from __future__ import annotations
 
-import os
 import random
 import resource
 import select
