@@ -13,7 +13,7 @@ memory or a private file) and derive the same two CURVE keypairs::
 
 A generated secret (:func:`generate_secret`) is 256 random bits, unique to its deployment:
 nothing can be precomputed against it and guessing it is hopeless, so it needs no
-stretching and costs microseconds (``Manager()`` starts no slower with it). Any other
+stretching and its derivation costs microseconds (no scrypt when ``Manager()`` starts). Any other
 secret (a phrase someone chose, or a file written by an older version) is stretched with
 scrypt (about 0.1 s and 16 MB per guess) under a fixed salt, as before, so old secret
 files keep working; a warning says to replace it with a generated one.
