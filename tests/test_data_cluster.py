@@ -233,3 +233,31 @@ def test_a_url_is_downloaded_once_and_peers_share_it(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MB tmpfs (needs root and mount permission; skipped otherwise)."""
+    where_ = tmp_path / "tiny"
+    where_.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where_)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield where_
+    subprocess.run(["umount", "-l", str(where_)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_call_with_cache_full_and_others_go_on(tmp_path, tiny_disk):
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(4 * MB))
+    small.write_bytes(b"small")
+    with serverless.Manager(local_workers=0, **FAST) as m:
+        w = spawn(m, tmp_path, "w", "--cache-dir", str(tiny_disk / "cache"))  # no --disk
+        try:
+            m.install(serverless.Library("d", [where]))
+            with pytest.raises(serverless.CacheFull, match="disk is full"):
+                m.call("d", "where", serverless.File(big)).result(60)
+            assert m.call("d", "where", serverless.File(small)).result(60)[1] == 5
+        finally:
+            stop(w)

@@ -24,6 +24,7 @@ through the inproc PAIR socket (Python objects, same process).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -133,7 +134,13 @@ class DataService:
                 events = dict(self._poller.poll(int(timeout * 1000)))
                 if self._peer in events:
                     while self._peer.get(zmq.EVENTS) & zmq.POLLIN:
-                        self._command(self._peer.recv_pyobj())
+                        command = self._peer.recv_pyobj()
+                        try:
+                            self._command(command)
+                        except Exception as exc:  # one bad request must not stop the thread
+                            log.exception("data command %r failed", command[0])
+                            if command[0] == "gate":
+                                self._fail_gate(command[1], _as_data_error(exc))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 while True:
@@ -145,7 +152,10 @@ class DataService:
                 for need in list(self._needs.values()):
                     if need.fetch is not None and need.fetch.sock is not None and \
                             need.fetch.sock in events:
-                        self._on_chunks(need)
+                        try:
+                            self._on_chunks(need)
+                        except OSError as exc:  # the disk is full, the cache dir is gone...
+                            self._fail_need(need, _as_data_error(exc))
                 self._tick()
         except Exception:
             log.exception("the data thread failed; calls needing files will fail")
@@ -330,7 +340,11 @@ class DataService:
                               if source.startswith("manager:") else source.removeprefix("tcp://"))
         if need.fetch is None:
             need.temp = self.cache.incoming(content_id, need.spec.level == "forever")
-            need.fd = os.open(need.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                need.fd = os.open(need.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                self._fail_need(need, _as_data_error(exc))
+                return
             need.fetch = ChunkFetch(self._context, content_id, need.spec.size, need.fd, self._keys)
         need.state = "fetching"
         need.fetch.resume(address)
@@ -413,8 +427,7 @@ class DataService:
         elif kind == "committed":
             need.temp = None  # moved into place (or removed)
             if error is not None:
-                self._fail_need(need, error if isinstance(error, DataError) else TransferFailed(
-                    f"could not store {need.spec.name}: {type(error).__name__}: {error}"))
+                self._fail_need(need, _as_data_error(error, f"could not store {need.spec.name}"))
                 return
             path, size = value
             self.cache.added(need.spec, path, size)
@@ -460,6 +473,16 @@ class DataService:
         adopted, dropped = self.cache.take_changes()
         if adopted or dropped:
             self._send(Holdings(self.address, tuple(adopted), tuple(dropped)))
+
+
+def _as_data_error(exc: BaseException, what: str = "") -> DataError:
+    """A typed error for a call whose input failed: the disk full is CacheFull."""
+    if isinstance(exc, DataError):
+        return exc
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return CacheFull(f"{prefix}the worker's disk is full ({exc})")
+    return TransferFailed(f"{prefix}{type(exc).__name__}: {exc}")
 
 
 def _size(n: int) -> str:
