@@ -115,10 +115,12 @@ time.sleep(60)
 """], stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"held\n"
     assert cache.forever_lock("b3-x") is None
+    half = tmp_path / "forever" / ".incoming" / "b3-x.999.0"
+    half.write_bytes(b"half a file its fetcher left when it died")
     holder.kill()
     holder.wait()
     lock = cache.forever_lock("b3-x")
-    assert lock is not None
+    assert lock is not None and not half.exists()
     lock.release()
 
 

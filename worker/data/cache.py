@@ -183,6 +183,9 @@ class Cache:
         except BlockingIOError:
             os.close(fd)
             return None
+        # whatever a fetcher of this id left in .incoming, it died holding this lock
+        for stale in (self.forever_root / ".incoming").glob(f"{content_id}.*"):
+            remove_tree(stale)
         return ForeverLock(fd)
 
     def commit(self, spec: FileSpec, temp_file: Path) -> tuple[Path, int]:
