@@ -23,6 +23,7 @@ import psutil
 
 from serverless.safe_files import open_log, private_dir
 from serverless.security import SECRET_FILE_ENV
+from serverless.worker_keys import KEY_FILE_ENV
 
 __all__ = ["LocalWorkers"]
 
@@ -56,7 +57,8 @@ class LocalWorkers:
                 "--connect-timeout", repr(self.connect_timeout),
                 "--die-with-parent", str(os.getpid()),
             ]
-            env = {k: v for k, v in os.environ.items() if k != SECRET_FILE_ENV}
+            # the manager's secret only: not a secret or worker key file meant for others
+            env = {k: v for k, v in os.environ.items() if k not in (SECRET_FILE_ENV, KEY_FILE_ENV)}
             if self.secret_file is not None:
                 env[SECRET_FILE_ENV] = str(self.secret_file)
             else:

@@ -97,3 +97,12 @@ def test_a_key_made_for_another_manager_or_a_loose_allow_list_admits_nothing(tmp
     allow.chmod(0o666)
     listed = AllowList(allow)
     assert listed.keys() == frozenset() and "open to other users" in listed.error
+
+
+def test_local_workers_ignore_a_key_file_in_the_users_environment(tmp_path, monkeypatch):
+    secret_file = write_secret_file(tmp_path / "secret", generate_secret())
+    new_key(tmp_path / "node.key", secret_file, tmp_path / "allow", "node")
+    monkeypatch.setenv("SERVERLESS_KEY_FILE", str(tmp_path / "node.key"))
+    with serverless.Manager(local_cores=1, log_dir=tmp_path / "logs", **FAST) as m:
+        m.install(serverless.Library("k", [add], mode="direct"))
+        assert m.call("k", "add", 1, 2).result(timeout=60) == 3
