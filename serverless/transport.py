@@ -51,6 +51,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
+from .errors import SecurityError
 from .security import CurveKeys
 
 __all__ = [
@@ -135,10 +136,12 @@ def bind_router(context: zmq.Context, host: str, port: int, max_message_bytes: i
     and by anything else that serves peers holding the same secret (a worker's peer
     server): several routers may share a context. ``role`` names it in refusal logs.
     """
+    if keys is not None and not keys.server_secret:
+        raise SecurityError(f"{role} cannot serve: this node holds a per-worker key, not the "
+                            "deployment's secret (a server needs the server key)")
     sock = context.socket(zmq.ROUTER)
     _common_options(sock, max_message_bytes)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    domain = b""
     if keys is not None:
         domain = _ZAP_DOMAIN + b"-%d" % next(_domains)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
