@@ -12,6 +12,7 @@ import os
 import pickle
 import pickletools
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -326,3 +327,22 @@ def test_fit_results_splits_big_batches_and_fails_only_oversized_results():
     call_id, status, payload, duration = seen[2]
     assert status == CallStatus.RESULT_TOO_LARGE and duration == 0.2
     assert safe_loads(payload) == (2 << 20, limit)
+
+
+# --- memo slots that would make the unpickler allocate gigabytes ------------------------
+
+
+@pytest.mark.parametrize("frame", [
+    # a mutated Calls envelope Hypothesis found: LONG_BINPUT to slot ~1.26e9 (34 s, GBs)
+    b"\x80\x05\x95\x0f\x00\x00\x00\x00\x00\x00\x00\x8c\x05\x00callr\x94K\x03K\x01\x87\x94.",
+    b"\x80\x05]r\x00\x00\x00\x7f.",  # LONG_BINPUT to slot 2**31 - 2**24
+    b"\x80\x05]p1000000000\n.",  # PUT to slot 10**9, as text
+    b"\x80\x05]p 1_000_000_000\n.",  # the same, as int() also reads it
+])
+def test_memo_puts_with_huge_slots_are_refused_at_once(frame):
+    started = time.monotonic()
+    with pytest.raises(ProtocolError):
+        decode([frame])
+    with pytest.raises(ProtocolError):
+        safe_loads(frame)
+    assert time.monotonic() - started < 1.0

@@ -23,6 +23,8 @@ import enum
 import io
 import math
 import pickle
+import pickletools
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -104,8 +106,42 @@ class _SafeUnpickler(pickle.Unpickler):
         raise ProtocolError(f"refused global {module}.{name} in a protocol frame")
 
 
-def safe_loads(data: bytes | memoryview) -> Any:
-    """Unpickle a frame that may hold only plain values; raise ProtocolError otherwise."""
+# PUT and LONG_BINPUT name a memo slot by number, and the C unpickler grows its memo to
+# twice that number before storing: 27 bytes can make it allocate and zero gigabytes.
+# Our encoder (protocol 5) never emits them: it memoizes with MEMOIZE. A frame that might
+# hold one with a large number (a C-speed search, which string bytes also match) is read
+# opcode by opcode first. Frames over SCREENED_BYTES are not screened (see safe_loads).
+_MAYBE_BIG_PUT = re.compile(rb"r(?:...[^\x00]|..[\x10-\xff])|p\s*\+?[0-9_]{7}", re.DOTALL)
+SCREENED_BYTES = 1024
+_MEMO_PUTS = frozenset({"PUT", "LONG_BINPUT"})
+
+
+def _refuse_memo_puts(data: bytes | memoryview) -> None:
+    """ProtocolError if ``data`` holds a PUT or LONG_BINPUT opcode before anything malformed.
+
+    Where pickletools cannot parse further, the unpickler stops at the same opcode with
+    its own error (or, for a global, the refusal), so it is left to say why.
+    """
+    try:
+        for opcode, _arg, _pos in pickletools.genops(data):
+            if opcode.name in _MEMO_PUTS:
+                raise ProtocolError(f"refused {opcode.name} in a protocol frame")
+    except ProtocolError:
+        raise
+    except Exception:
+        return
+
+
+def safe_loads(data: bytes | memoryview, screen: bool = False) -> Any:
+    """Unpickle a frame that may hold only plain values; raise ProtocolError otherwise.
+
+    A frame of up to :data:`SCREENED_BYTES` (or any size with ``screen``: envelopes) that
+    might hold a memo PUT with a large slot number is checked opcode by opcode first.
+    Larger batch payloads are not: reading every batch opcode by opcode would cost more
+    than unpickling it, and only peers holding the secret can send one.
+    """
+    if (screen or len(data) <= SCREENED_BYTES) and _MAYBE_BIG_PUT.search(data):
+        _refuse_memo_puts(data)
     try:
         return _SafeUnpickler(io.BytesIO(data)).load()
     except ProtocolError:
@@ -496,7 +532,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     if len(frames[0]) > MAX_ENVELOPE_BYTES:  # before unpickling: bounded memory
         raise ProtocolError(f"an envelope of {len(frames[0]):,} bytes is over the "
                             f"{MAX_ENVELOPE_BYTES:,} limit")
-    envelope = safe_loads(frames[0])
+    envelope = safe_loads(frames[0], screen=True)
     if not isinstance(envelope, tuple) or not envelope or type(envelope[0]) is not str:
         raise ProtocolError("envelope is not a tagged tuple")
     cls = MESSAGES.get(envelope[0])
