@@ -341,3 +341,24 @@ def test_the_archive_travels_through_the_cache_once_and_a_warm_node_fetches_noth
     env, results, sent, _, cached = _cluster_run(tmp_path, archive, ["n0"], 2)
     assert sent == 0 and cached == {"n0": False}
     assert len(_unpacks(tmp_path / "n0" / "envs")) == 1
+
+
+def test_an_archive_that_can_never_fit_the_cache_fails_the_library_with_cache_full(tmp_path):
+    venv = _bare_venv(tmp_path / "big")
+    (venv / "payload.bin").write_bytes(os.urandom(3 * 2**20))
+    archive = _tar(venv, tmp_path / "big.tar.gz")
+    lib = serverless.Library("toobig", [where_am_i], environment=archive)
+    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+        worker = start_worker(m.address, "--cores", "1", "--disk", "1",
+                              "--env-dir", str(tmp_path / "envs"),
+                              "--cache-dir", str(tmp_path / "cache"),
+                              "--workdir", str(tmp_path / "work"), secret_file=m.secret_file)
+        try:
+            m.install(lib)
+            with pytest.raises(serverless.LibraryFailed) as info:
+                m.call("toobig", "where_am_i").result(timeout=60)
+        finally:
+            m.shutdown()
+            worker.wait(30)
+    assert "CacheFull" in str(info.value) or "cache" in str(info.value).lower()
+    assert not (tmp_path / "envs").exists() or not list((tmp_path / "envs").glob("*.ready"))
