@@ -206,4 +206,10 @@ def run(system: str, workers: int, calls: int, root: Path, environment: Path,
 
 
 def clean(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    """Remove a run's directory, read-only cache entries included (plain rmtree cannot)."""
+    from serverless.worker.data.cache import remove_tree
+
+    try:
+        remove_tree(root)
+    except OSError:
+        shutil.rmtree(root, ignore_errors=True)
