@@ -24,6 +24,9 @@ class ManagerConfig:
     log_dir: where local workers write library logs (None: a new temporary directory).
     heartbeat_interval, heartbeat_timeout: seconds; a worker silent for the timeout is lost.
     max_retries: how often a call lost with its worker or instance is retried elsewhere.
+    call_grace: seconds past its running calls' timeout that an instance may return nothing
+        before the manager writes it off as hung (stops it, retries its calls); calls with
+        no timeout are never written off this way.
     max_start_failures, start_backoff: a library that fails to start this many times in a row
         is marked failed; between attempts wait start_backoff * 2**(n-1) seconds.
     max_message_bytes: the largest message accepted from a peer (zmq drops a connection
@@ -64,6 +67,7 @@ class ManagerConfig:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 15.0
     max_retries: int = 3
+    call_grace: float = 30.0
     max_start_failures: int = 3
     start_backoff: float = 0.5
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -85,6 +89,8 @@ class ManagerConfig:
             raise ValueError("local_workers must be >= 0")
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        if not self.call_grace > 0:  # also refuses NaN
+            raise ValueError("call_grace must be positive seconds")
         if self.max_retries < 0 or self.max_start_failures < 1:
             raise ValueError("max_retries must be >= 0 and max_start_failures >= 1")
         if self.upload_cap < 1:

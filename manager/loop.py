@@ -7,23 +7,34 @@
 
 Commands from the API (submit calls, install, remove, cancel, stop) are queued on a deque;
 the loop is woken through a pipe only when it sleeps and no wake-up byte is pending
-already, so a burst of calls costs no syscall each. Every wake the loop drains the deque in one go (calls are batched per instance),
-reads every waiting message, runs the scheduler and carries out its actions. A worker not
-heard from for the heartbeat timeout is declared lost; what it held is retried elsewhere.
-A message that cannot be decoded is logged and dropped; the loop goes on serving. With a
-secret, only peers holding it get this far (CURVE and ZAP, in serverless.transport).
+already, so a burst of calls costs no syscall each. Every wake the loop drains the deque
+in one go (calls are batched per instance), reads every waiting message, feeds the
+scheduler one event at a time and carries out the actions each returns. Carrying out an
+action never calls back into the scheduler: what it learns (a library too large for the
+worker chosen, calls too large to send, a worker found unreachable) is queued as the next
+event (:meth:`ManagerLoop._handle`), as in Dask's worker state machine.
+
+The loop survives what one peer sends: a message that cannot be decoded is logged and
+dropped; one that raises while it is handled, or that reports on another worker's
+instance, costs its sender its registration (it is told to stop, and its calls are
+retried elsewhere). A worker not heard from for the heartbeat timeout is declared lost the
+same way; an instance that holds calls but returns nothing past their timeout plus a grace
+is written off by the scheduler (``tick``). With a secret, only peers holding it get this
+far (CURVE and ZAP, in serverless.transport). If the loop itself ever ends, every call
+fails with ManagerClosed and ``command()`` refuses new ones.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -75,26 +86,21 @@ from .records import (
     DeployInstance,
     SendCalls,
     StopInstanceAction,
+    WorkerRecord,
 )
-from .scheduler import Scheduler
+from .scheduler import InvariantViolation, Scheduler
 
-__all__ = ["ManagerLoop", "WorkerInfo", "poll_milliseconds"]
+__all__ = ["ManagerLoop", "poll_milliseconds", "MAX_CORES", "MAX_MEMORY_MB"]
 
 log = logging.getLogger("serverless.manager")
 
+# what a worker may claim at registration: more than any node has, less than nonsense
+MAX_CORES = 4096
+MAX_MEMORY_MB = 2**32  # 4 PiB
 
-@dataclass
-class WorkerInfo:
-    """What the manager knows of a connected worker (see ``Manager.workers()``)."""
 
-    worker_id: str
-    hostname: str
-    pid: int
-    cores: float
-    memory_mb: int
-    last_heard: float
-    last_sent: float
-    max_message_bytes: int  # the largest message it accepts (its Register)
+class _Refused(Exception):
+    """A registered worker sent something it may not (it is dropped)."""
 
 
 class ManagerLoop:
@@ -125,9 +131,12 @@ class ManagerLoop:
         os.set_blocking(self._wake_w, False)
         self._sleeping = False
         self._wake_pending = False  # a byte is in the wake-up pipe, the loop will see it
-        self._workers: dict[bytes, WorkerInfo] = {}
+        self._workers = scheduler.workers  # the one registry: identity bytes -> WorkerRecord
         self.warnings: list[str] = []  # what instances said once (InstanceWarning); appended only
-        self._told_to_stop: set[int] = set()  # pids of workers sent Shutdown
+        self._told_to_stop: set[bytes] = set()  # identities of workers sent Shutdown
+        self._events: deque[tuple[Callable[..., list[Action]], tuple]] = deque()
+        self._handling = False  # _handle is feeding events: new ones wait their turn
+        self._validate = os.environ.get("SERVERLESS_VALIDATE") == "1"  # set by the tests
         self._stop_reason: str | None = None  # set by the "stop" command: the loop ends
         self._stopped = threading.Event()
         self._idle_waiters: list[threading.Event] = []  # set once no call is unfinished
@@ -152,7 +161,7 @@ class ManagerLoop:
             except BlockingIOError:
                 pass  # the pipe is full: the loop is being woken anyway
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())
 
     @property
@@ -243,19 +252,19 @@ class ManagerLoop:
                 calls.append(value)
                 continue
             if calls:
-                self._perform(self.scheduler.submit(calls))
+                self._handle(self.scheduler.submit, calls)
                 calls = []
             if kind == "calls":
-                self._perform(self.scheduler.submit(value))
+                self._handle(self.scheduler.submit, value)
             elif kind == "install":
                 name, spec, blob = value
                 self.learned_imports.forget(name)
-                self._perform(self.scheduler.install(name, spec, blob))
+                self._handle(self.scheduler.install, name, spec, blob)
             elif kind == "remove":
                 self.learned_imports.forget(value)
-                self._perform(self.scheduler.remove(value))
+                self._handle(self.scheduler.remove, value)
             elif kind == "cancel":
-                self._perform(self.scheduler.cancel(value))
+                self._handle(self.scheduler.cancel, value)
             elif kind == "when_idle":
                 self._idle_waiters.append(value)
             elif kind == "barrier":  # the commands before it are carried out
@@ -264,7 +273,7 @@ class ManagerLoop:
                 self._shutdown(value)
                 return
         if calls:
-            self._perform(self.scheduler.submit(calls))
+            self._handle(self.scheduler.submit, calls)
 
     def _has_unfinished(self) -> bool:
         """Whether any call the scheduler holds (queued or sent) has an unsettled future."""
@@ -283,14 +292,14 @@ class ManagerLoop:
         self._idle_waiters.clear()
 
     def _tick(self, now: float) -> None:
-        self._perform(self.scheduler.tick(now))
+        self._handle(self.scheduler.tick, now)
         for worker_id, reply in self.data.directory.tick(now):
-            self._send_to(worker_id, reply)
+            self._send(worker_id, reply)
         timeout = self.config.heartbeat_timeout
         interval = self.config.heartbeat_interval
         for identity, worker in list(self._workers.items()):
             if now - worker.last_heard > timeout:
-                log.warning("worker %s lost: nothing heard for %.1f s", worker.worker_id, timeout)
+                log.warning("worker %s lost: nothing heard for %.1f s", worker.name, timeout)
                 self._drop_worker(identity, f"no heartbeat for {timeout:.1f} s")
             elif now - worker.last_sent >= interval:
                 self._send(identity, Heartbeat())
@@ -319,14 +328,22 @@ class ManagerLoop:
                 log.warning("dropped a malformed message from %r: %s", identity[:64], exc)
                 continue
             worker = self._workers.get(identity)
-            if worker is None:
-                self._from_stranger(identity, msg)
-                continue
-            worker.last_heard = time.monotonic()
             try:
+                if worker is None:
+                    self._from_stranger(identity, msg)
+                    continue
+                worker.last_heard = time.monotonic()
                 self._from_worker(identity, worker, msg)
             except ProtocolError as exc:
-                log.warning("dropped a bad message from worker %s: %s", worker.worker_id, exc)
+                log.warning("dropped a bad message from %s: %s", _name(identity, worker), exc)
+            except InvariantViolation:
+                raise  # a bug in the scheduler, not in the peer: end loudly (tests)
+            except Exception as exc:  # noqa: BLE001  # one peer must not stop the manager
+                log.warning("dropping worker %s: its %s could not be handled (%s: %s)",
+                            _name(identity, worker), msg.TAG, type(exc).__name__, exc,
+                            exc_info=not isinstance(exc, _Refused))
+                self._events.clear()  # follow-ups of the event that failed are void
+                self._drop_worker(identity, f"its {msg.TAG} message was refused ({exc})")
 
     def _from_stranger(self, identity: bytes, msg: Message) -> None:
         if isinstance(msg, Register):
@@ -340,71 +357,107 @@ class ManagerLoop:
             log.warning("rejected worker %s: protocol %d, ours %d", msg.name, msg.version, PROTOCOL_VERSION)
             self._send(identity, Reject(f"protocol version {msg.version} is not {PROTOCOL_VERSION}"))
             return
-        if msg.cores <= 0 or msg.memory_mb < 0:
-            self._send(identity, Reject("a worker needs cores > 0 and memory >= 0"))
-            return
-        if msg.max_message_bytes < 65536:
-            self._send(identity, Reject("a worker must accept messages of 64 KiB at least"))
+        problem = _bad_claims(msg)
+        if problem:
+            log.warning("rejected worker %r: %s", identity[:64], problem)
+            self._send(identity, Reject(problem))
             return
         now = time.monotonic()
-        worker_id = identity.decode(errors="replace")
-        self._workers[identity] = WorkerInfo(worker_id, msg.hostname, msg.pid, msg.cores,
-                                             msg.memory_mb, now, now, msg.max_message_bytes)
-        self._send(identity, Welcome(worker_id, self.config.heartbeat_interval,
+        name = identity.decode(errors="replace")[:200]  # for people and logs only
+        self._handle(functools.partial(
+            self.scheduler.worker_joined, identity, float(msg.cores), int(msg.memory_mb),
+            msg.hostname, pid=msg.pid, name=name, max_message_bytes=msg.max_message_bytes,
+            last_heard=now, last_sent=now))
+        self._send(identity, Welcome(name, self.config.heartbeat_interval,
                                      self.config.heartbeat_timeout, self.config.max_message_bytes))
-        log.info("worker %s joined (%s, %.1f cores, %d MB)", worker_id, msg.hostname,
+        log.info("worker %s joined (%s, %.1f cores, %d MB)", name, msg.hostname,
                  msg.cores, msg.memory_mb)
-        self._perform(self.scheduler.worker_joined(worker_id, msg.cores, msg.memory_mb, msg.hostname))
 
-    def _from_worker(self, identity: bytes, worker: WorkerInfo, msg: Message) -> None:
+    def _from_worker(self, identity: bytes, worker: WorkerRecord, msg: Message) -> None:
         scheduler = self.scheduler
         if isinstance(msg, Results):
-            self._perform(scheduler.results(msg.instance_id, batch_entries(msg)))
+            self._check_owner(worker, msg.instance_id)
+            self._handle(scheduler.results, msg.instance_id, batch_entries(msg))
         elif isinstance(msg, Heartbeat):
             pass
         elif (data := self.data.on_message(worker.worker_id, msg)) is not None:
             for worker_id, reply in data:
-                self._send_to(worker_id, reply)
+                self._send(worker_id, reply)
         elif isinstance(msg, InstanceReady):
-            self._perform(scheduler.instance_ready(msg.instance_id))
+            self._check_owner(worker, msg.instance_id)
+            self._handle(scheduler.instance_ready, msg.instance_id)
         elif isinstance(msg, InstanceFailed):
-            log.warning("instance %d on %s failed: %s", msg.instance_id, worker.worker_id, msg.reason)
-            self._perform(scheduler.instance_failed(msg.instance_id, msg.reason, msg.traceback,
-                                                    msg.during_start, msg.running))
+            self._check_owner(worker, msg.instance_id)
+            log.warning("instance %d on %s failed: %s", msg.instance_id, worker.name, msg.reason)
+            self._handle(scheduler.instance_failed, msg.instance_id, msg.reason, msg.traceback,
+                         msg.during_start, msg.running)
         elif isinstance(msg, InstanceWarning):
-            log.warning("instance %d on %s: %s", msg.instance_id, worker.worker_id, msg.text)
-            self.warnings.append(f"instance {msg.instance_id} on {worker.worker_id}: {msg.text}")
+            self._check_owner(worker, msg.instance_id)
+            log.warning("instance %d on %s: %s", msg.instance_id, worker.name, msg.text)
+            self.warnings.append(f"instance {msg.instance_id} on {worker.name}: {msg.text}")
         elif isinstance(msg, InstanceStopped):
-            self._perform(scheduler.instance_stopped(msg.instance_id))
+            self._check_owner(worker, msg.instance_id)
+            self._handle(scheduler.instance_stopped, msg.instance_id)
         elif isinstance(msg, ImportsLearned):
+            self._check_owner(worker, msg.instance_id)
             instance = scheduler.instances.get(msg.instance_id)
             if instance is not None:
                 self.learned_imports.report(instance.library, msg.instance_id, msg.learned,
                                             msg.rejected)
         elif isinstance(msg, Goodbye):
-            log.info("worker %s left: %s", worker.worker_id, msg.reason)
+            log.info("worker %s left: %s", worker.name, msg.reason)
             self._drop_worker(identity, f"it left ({msg.reason})", notify=False)
         elif isinstance(msg, Register):
-            log.warning("worker %s registered twice; ignored", worker.worker_id)
+            log.warning("worker %s registered twice; ignored", worker.name)
         else:
-            log.warning("unexpected %s from worker %s", msg.TAG, worker.worker_id)
+            log.warning("unexpected %s from worker %s", msg.TAG, worker.name)
+
+    def _check_owner(self, worker: WorkerRecord, instance_id: int) -> None:
+        """A worker reports only on its own instances (an unknown one is stale: ignored)."""
+        instance = self.scheduler.instances.get(instance_id)
+        if instance is not None and instance.worker_id != worker.worker_id:
+            raise _Refused(f"instance {instance_id} belongs to another worker")
 
     def _drop_worker(self, identity: bytes, reason: str, notify: bool = True) -> None:
-        worker = self._workers.pop(identity, None)
+        worker = self._workers.get(identity)
         if worker is None:
             return
         if notify:  # if it is only frozen, it must stop when it wakes
             self._send(identity, Shutdown(f"declared lost: {reason}"))
-        self._perform(self.scheduler.worker_lost(worker.worker_id, reason))
-        for worker_id, reply in self.data.directory.worker_lost(worker.worker_id):
-            self._send_to(worker_id, reply)
+        self._handle(self.scheduler.worker_lost, identity, reason)
+        for worker_id, reply in self.data.directory.worker_lost(identity):
+            self._send(worker_id, reply)
 
     # --- carrying out actions ---------------------------------------------------------
 
+    def _handle(self, event: Callable[..., list[Action]], *args: Any) -> None:
+        """Feed one event to the scheduler and carry out the actions it returns.
+
+        An event that arises while actions are carried out (``_perform`` found a library
+        too large to deploy, calls too large to send, a worker unreachable) is queued and
+        handled after them, never in the middle of another event's actions.
+        """
+        self._events.append((event, args))
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            events = self._events
+            while events:
+                event, args = events.popleft()
+                actions = event(*args)
+                if self._validate:
+                    self.scheduler.validate()
+                if actions:
+                    self._perform(actions)
+        finally:
+            self._handling = False
+
     def _perform(self, actions: list[Action]) -> None:
+        """Carry out the scheduler's actions: I/O and futures only, no scheduler calls."""
         for action in actions:
             if isinstance(action, SendCalls):
-                # CallRecord.entry(), inline: this runs once per call
+                # CallRecord fields inline: this runs once per call
                 entries = [(c.call_id, c.function, c.args, c.timeout) for c in action.calls
                            if not c.files]
                 if entries:
@@ -413,6 +466,7 @@ class ManagerLoop:
                     self._send_gated(action)
             elif isinstance(action, CallsFinished):
                 for call, status, payload, _duration in action.results:
+                    call.args = b""  # done with: the caller may keep the future, not the arguments
                     resolve(call, status, payload)
             elif isinstance(action, CallsFailed):
                 error = action.error
@@ -421,44 +475,44 @@ class ManagerLoop:
             elif isinstance(action, DeployInstance):
                 self._deploy(action)
             elif isinstance(action, StopInstanceAction):
-                self._send_to(action.worker_id, StopInstance(action.instance_id))
+                self._send(action.worker_id, StopInstance(action.instance_id))
             elif isinstance(action, CancelCalls):
-                self._send_to(action.worker_id, Cancel(action.instance_id, action.call_ids))
+                self._send(action.worker_id, Cancel(action.instance_id, action.call_ids))
 
     def _deploy(self, action: DeployInstance) -> None:
         message = self._deploy_message(action)
         size, limit = len(message.payload), self._accepts(action.worker_id)
         if size > call_budget(limit):  # the library; the rest of the message is small
             reason = (f"library {message.library!r} pickles to {size:,} bytes, over the limit of "
-                      f"{limit:,} of worker {action.worker_id} (its --max-message-bytes)")
+                      f"{limit:,} of worker {_name(action.worker_id)} (its --max-message-bytes)")
             log.warning("cannot deploy: %s", reason)
-            self._perform(self.scheduler.instance_failed(action.instance_id, reason, "", True))
+            self._handle(self.scheduler.instance_failed, action.instance_id, reason, "", True)
             return
-        self._send_to(action.worker_id, message)
+        self._send(action.worker_id, message)
 
-    def _send_calls(self, worker_id: str, instance_id: int, entries: list[tuple]) -> None:
+    def _send_calls(self, worker_id: bytes, instance_id: int, entries: list[tuple]) -> None:
         """Send calls in batches that fit the worker; fail those too large to go alone."""
         limit = self._accepts(worker_id)
         messages, too_large = calls_messages(instance_id, entries, limit)
         for message in messages:
-            self._send_to(worker_id, message)
+            self._send(worker_id, message)
         if too_large:
             status = int(CallStatus.ARGUMENTS_TOO_LARGE)
-            self._perform(self.scheduler.results(instance_id, [
-                (call_id, status, safe_dumps((size, limit)), 0.0) for call_id, size in too_large]))
+            self._handle(self.scheduler.results, instance_id, [
+                (call_id, status, safe_dumps((size, limit)), 0.0) for call_id, size in too_large])
 
     def _send_gated(self, action: SendCalls) -> None:
         """Each call with input files goes alone, after a Gate naming them: the worker
         holds it until they are in its cache, and only it (see worker.data.gates)."""
         for c in action.calls:
             if c.files:
-                self._send_to(action.worker_id, Gate(action.instance_id, c.files))
+                self._send(action.worker_id, Gate(action.instance_id, c.files))
                 self._send_calls(action.worker_id, action.instance_id,
                                  [(c.call_id, c.function, c.args, c.timeout)])
 
-    def _accepts(self, worker_id: str) -> int:
+    def _accepts(self, worker_id: bytes) -> int:
         """The largest message worker ``worker_id`` accepts."""
-        worker = self._workers.get(worker_id.encode())
+        worker = self._workers.get(worker_id)
         return worker.max_message_bytes if worker is not None else self.config.max_message_bytes
 
     def _deploy_message(self, action: DeployInstance) -> Deploy:
@@ -475,16 +529,13 @@ class ManagerLoop:
         return Deploy(action.instance_id, spec.name, spec.mode, spec.slots, float(spec.cores),
                       int(spec.memory_mb), options, record.blob)
 
-    def _send_to(self, worker_id: str, msg: Message) -> None:
-        self._send(worker_id.encode(), msg)
-
     def _send(self, identity: bytes, msg: Message) -> None:
         frames = encode(msg)
         try:
             self._sock.send_multipart([identity, *frames], copy=len(frames[-1]) < 65536)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
             if identity in self._workers:
-                log.warning("cannot reach worker %r (%s)", identity, exc)
+                log.warning("cannot reach worker %s (%s)", _name(identity), exc)
                 self._drop_worker(identity, f"unreachable ({exc})", notify=False)
             return
         worker = self._workers.get(identity)
@@ -495,14 +546,14 @@ class ManagerLoop:
 
     def _shutdown(self, reason: str) -> None:
         self._stop_reason = reason
-        self._perform(self.scheduler.shutdown())
+        self._handle(self.scheduler.shutdown)
         self._tell_workers_to_stop(reason)
-        self._workers.clear()
 
     def _tell_workers_to_stop(self, reason: str) -> None:
-        for identity, worker in list(self._workers.items()):
-            self._send(identity, Shutdown(reason))
-            self._told_to_stop.add(worker.pid)
+        for identity in list(self._workers):
+            if identity not in self._told_to_stop:
+                self._send(identity, Shutdown(reason))
+                self._told_to_stop.add(identity)
 
     def _close(self, reason: str) -> None:
         """End of the loop, however it came: fail every call, stop workers, free resources.
@@ -552,7 +603,8 @@ class ManagerLoop:
         if self.local_workers is not None:
             self._tell_workers_to_stop("the manager stopped")
             # the socket stays open while they stop; one never registered gets SIGTERM at once
-            self.local_workers.stop(grace=5.0, told_to_stop=self._told_to_stop)
+            told = {w.pid for i, w in self._workers.items() if i in self._told_to_stop}
+            self.local_workers.stop(grace=5.0, told_to_stop=told)
 
 
 def poll_milliseconds(seconds: float) -> int:
@@ -562,6 +614,29 @@ def poll_milliseconds(seconds: float) -> int:
     0, and the loop would spin through it.
     """
     return max(0, math.ceil(seconds * 1000))
+
+
+def _name(identity: bytes, worker: WorkerRecord | None = None) -> str:
+    """A worker's name for logs (its identity, decoded for people only)."""
+    if worker is not None and worker.name:
+        return worker.name
+    return repr(bytes(identity[:64]))
+
+
+def _bad_claims(msg: Register) -> str | None:
+    """What is wrong with a registering worker's claims, or None if they are sane."""
+    cores, memory = msg.cores, msg.memory_mb
+    if not isinstance(cores, (int, float)) or isinstance(cores, bool) or not math.isfinite(cores) \
+            or not 0 < cores <= MAX_CORES:
+        return f"a worker must offer 0 < cores <= {MAX_CORES}, not {cores!r}"
+    if not isinstance(memory, int) or isinstance(memory, bool) or not 0 <= memory <= MAX_MEMORY_MB:
+        return f"a worker must offer 0 <= memory_mb <= {MAX_MEMORY_MB}, not {memory!r}"
+    size = msg.max_message_bytes
+    if not isinstance(size, int) or isinstance(size, bool) or not 65536 <= size <= 2**62:
+        return "a worker must accept messages of 64 KiB at least (and at most 2**62 bytes)"
+    if not isinstance(msg.pid, int) or not isinstance(msg.hostname, str) or len(msg.hostname) > 1024:
+        return "a worker's pid must be an int and its hostname a short string"
+    return None
 
 
 def resolve(call: CallRecord, status: int, payload: Any) -> None:

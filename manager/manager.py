@@ -41,9 +41,9 @@ from serverless.transport import raise_descriptor_limit
 from .config import ManagerConfig
 from .future import CallFuture
 from .local_workers import LocalWorkers
-from .loop import ManagerLoop, WorkerInfo
+from .loop import ManagerLoop
 from .queue_limit import QueueLimit
-from .records import CallRecord
+from .records import CallRecord, WorkerRecord
 from .scheduler import Scheduler
 
 __all__ = ["Manager"]
@@ -93,7 +93,8 @@ class Manager:
                                      self._log_dir, connect_timeout=self.config.heartbeat_timeout,
                                      secret_file=self._secret.file)
             self._scheduler = Scheduler(self.config.policy, self.config.max_retries,
-                                        self.config.max_start_failures, self.config.start_backoff)
+                                        self.config.max_start_failures, self.config.start_backoff,
+                                        self.config.call_grace)
             self._loop = ManagerLoop(self.config, self._scheduler, local, keys=self._secret.keys)
         except BaseException:
             self._closed = True
@@ -138,8 +139,8 @@ class Manager:
     def libraries(self) -> list[str]:
         return sorted(self._libraries)
 
-    def workers(self) -> list[WorkerInfo]:
-        """The workers connected now."""
+    def workers(self) -> list[WorkerRecord]:
+        """The workers connected now (``worker_id`` is the raw identity, ``name`` its text)."""
         return self._loop.workers()
 
     def warnings(self) -> list[str]:

@@ -56,22 +56,32 @@ class CallRecord:
         self.cancelled = False
         self.files: tuple = ()  # FileSpecs of the serverless.File inputs (manager.data)
 
-    def entry(self) -> tuple:
-        """Its entry in a Calls batch."""
-        return (self.call_id, self.function, self.args, self.timeout)
 
 
-@dataclass
+@dataclass(eq=False)
 class WorkerRecord:
-    worker_id: str
+    """A connected worker: what it offers, what is placed on it, when it was last heard.
+
+    This is the manager's one registry of workers: the scheduler places instances with
+    it, the loop keeps its heartbeat times in it, and ``Manager.workers()`` lists it.
+    ``worker_id`` is the worker's raw zmq identity (bytes) as the socket reports it; it
+    is never decoded and encoded back. ``name`` is for logs and people only.
+    """
+
+    worker_id: Any  # bytes in a manager; any hashable key in scheduler tests
     cores: float
     memory_mb: int
     hostname: str = ""
+    pid: int = 0
+    name: str = ""
+    max_message_bytes: int = 0  # the largest message it accepts (its Register)
     used_cores: float = 0.0
     used_memory_mb: int = 0
     instances: set[int] = field(default_factory=set)
     outstanding_bytes: int = 0  # arguments of the calls its instances hold
     byte_blocked: bool = False  # a dispatch stopped at its byte budget: reschedule on results
+    last_heard: float = 0.0  # time.monotonic() of its last message (the loop sets it)
+    last_sent: float = 0.0  # and of the last message sent to it
 
     def fits(self, cores: float, memory_mb: int) -> bool:
         return (self.used_cores + cores <= self.cores + 1e-9
@@ -80,16 +90,26 @@ class WorkerRecord:
 
 @dataclass
 class InstanceRecord:
+    """A library instance on a worker, and the calls sent to it (``outstanding``, in the
+    order sent, which is the order it runs them, ``slots`` at a time).
+
+    Its *window* is how many calls it may hold at once: its slots (the calls it runs)
+    plus enough queued behind them (from the library's measured call duration, see
+    ``Scheduler._window``) that it never idles waiting for the manager's next batch.
+    """
+
     instance_id: int
     library: str
-    worker_id: str
+    worker_id: Any
     cores: float
     memory_mb: int
     state: str = STARTING
     outstanding: dict[int, CallRecord] = field(default_factory=dict)
     window: int = 1  # how many calls it may hold: its slots plus the calls queued ahead
     outstanding_bytes: int = 0  # their arguments' size, bounded too (SchedulingPolicy)
-    served: int = 0
+    # scheduler time of its last result, or of the dispatch that ended an idle spell: if
+    # nothing comes back for its running calls' timeout plus a grace, it is hung
+    last_progress: float = 0.0
 
     def room(self) -> int:
         """Calls it may still be sent (by count; the scheduler also checks bytes)."""

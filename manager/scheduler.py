@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
+from typing import Any
 
 from serverless.errors import LibraryFailed, ManagerClosed, UnknownLibrary, WorkerLost
 
@@ -55,9 +56,18 @@ from .records import (
     WorkerRecord,
 )
 
-__all__ = ["Scheduler", "MAX_BACKOFF"]
+__all__ = ["Scheduler", "InvariantViolation", "EVENTS", "MAX_BACKOFF"]
+
+# the scheduler's events: its public methods that change its state and return actions
+EVENTS = ("install", "remove", "submit", "results", "cancel", "worker_joined", "worker_lost",
+          "instance_ready", "instance_failed", "instance_stopped", "tick", "shutdown")
 
 MAX_BACKOFF = 30.0  # seconds: the longest wait before deploying after repeated failures
+_FOREVER = 1e9  # seconds: a call duration reported above this is not a measurement
+
+
+class InvariantViolation(AssertionError):
+    """The scheduler's state broke one of its invariants (a bug): see Scheduler.validate."""
 
 
 class Scheduler:
@@ -69,13 +79,15 @@ class Scheduler:
         max_retries: int = 3,
         max_start_failures: int = 3,
         start_backoff: float = 0.5,
+        call_grace: float = 30.0,
     ) -> None:
         self.policy = policy or SchedulingPolicy()
         self.max_retries = max_retries
         self.max_start_failures = max_start_failures
         self.start_backoff = start_backoff
+        self.call_grace = call_grace
         self.libraries: dict[str, LibraryRecord] = {}
-        self.workers: dict[str, WorkerRecord] = {}
+        self.workers: dict[Hashable, WorkerRecord] = {}
         self.instances: dict[int, InstanceRecord] = {}
         self.now = 0.0
         self._instance_ids = itertools.count(1)
@@ -85,6 +97,7 @@ class Scheduler:
     # --- libraries --------------------------------------------------------------------
 
     def install(self, name: str, spec: object, blob: bytes) -> list[Action]:
+        """A library was installed (or replaced: its instances stop, its queue stays)."""
         old = self.libraries.get(name)
         actions: list[Action] = []
         record = LibraryRecord(name, spec, blob)
@@ -96,6 +109,7 @@ class Scheduler:
         return actions + self._schedule(record)
 
     def remove(self, name: str) -> list[Action]:
+        """A library was removed: stop its instances, fail its calls with UnknownLibrary."""
         record = self.libraries.pop(name, None)
         if record is None:
             return []
@@ -112,6 +126,7 @@ class Scheduler:
     # --- calls ------------------------------------------------------------------------
 
     def submit(self, calls: Iterable[CallRecord]) -> list[Action]:
+        """New calls: queue each on its library, then dispatch or deploy for them."""
         touched: dict[str, LibraryRecord] = {}
         failed: dict[str, list[CallRecord]] = {}
         for call in calls:
@@ -134,6 +149,8 @@ class Scheduler:
         return actions
 
     def results(self, instance_id: int, entries: list[tuple]) -> list[Action]:
+        """An instance reported ``(call_id, status, payload, duration)`` entries: finish
+        those calls, update the measured call duration (and so the window), refill it."""
         instance = self.instances.get(instance_id)
         if instance is None:
             return []  # a stale batch from an instance already written off
@@ -142,19 +159,24 @@ class Scheduler:
         ran = 0  # calls that ran: a call refused before running (duration 0) says nothing
         freed = 0
         outstanding = instance.outstanding
-        for call_id, status, payload, duration in entries:
-            call = outstanding.pop(call_id, None)
-            if call is None:
-                continue  # already retried elsewhere or cancelled
-            finished.append((call, status, payload, duration))
-            freed += call.size
-            call.args = b""  # done with: the caller may keep the future, not the arguments
-            if duration:
-                total += duration
-                ran += 1
+        try:
+            for call_id, status, payload, duration in entries:
+                call = outstanding.pop(call_id, None)
+                if call is None:
+                    continue  # already retried elsewhere or cancelled
+                finished.append((call, status, payload, duration))
+                freed += call.size
+                # only a sane measurement counts (NaN and inf fail these comparisons)
+                if duration.__class__ is float and 0.0 < duration < _FOREVER:
+                    total += duration
+                    ran += 1
+        except Exception:  # a malformed entry: the batch changes nothing, its sender is dropped
+            for call, *_ in finished:
+                outstanding[call.call_id] = call
+            raise
         if not finished:
             return []
-        instance.served += len(finished)
+        instance.last_progress = self.now
         instance.outstanding_bytes -= freed
         worker = self.workers.get(instance.worker_id)
         unblocked = False
@@ -193,11 +215,15 @@ class Scheduler:
 
     # --- workers ----------------------------------------------------------------------
 
-    def worker_joined(self, worker_id: str, cores: float, memory_mb: int, hostname: str = "") -> list[Action]:
-        self.workers[worker_id] = WorkerRecord(worker_id, cores, memory_mb, hostname)
+    def worker_joined(self, worker_id: Hashable, cores: float, memory_mb: int, hostname: str = "",
+                      **details: Any) -> list[Action]:
+        """A worker registered, offering ``cores`` and ``memory_mb``; ``details`` fill the
+        rest of its :class:`WorkerRecord` (pid, name, max_message_bytes, last_heard...)."""
+        self.workers[worker_id] = WorkerRecord(worker_id, cores, memory_mb, hostname, **details)
         return self._schedule_all()
 
-    def worker_lost(self, worker_id: str, reason: str) -> list[Action]:
+    def worker_lost(self, worker_id: Hashable, reason: str) -> list[Action]:
+        """A worker left or was declared lost: what its instances held is retried."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return []
@@ -209,6 +235,7 @@ class Scheduler:
     # --- instances --------------------------------------------------------------------
 
     def instance_ready(self, instance_id: int) -> list[Action]:
+        """An instance finished starting: size its window and send it calls."""
         instance = self.instances.get(instance_id)
         if instance is None or instance.state != STARTING:
             return []
@@ -222,8 +249,10 @@ class Scheduler:
 
     def instance_failed(self, instance_id: int, reason: str, traceback: str, during_start: bool,
                         running: tuple[int, ...] | None = None) -> list[Action]:
-        """The instance died (or never started); ``running``: the calls it was running,
-        as its worker read them from its crash journal (None: unknown)."""
+        """An instance died, or failed to start: retry what it held and replace it, after
+        a backoff if this keeps happening; past max_start_failures the library fails.
+        ``running``: the calls it was running, as its worker read them from its crash
+        journal (None: unknown)."""
         instance = self.instances.get(instance_id)
         if instance is None:
             return []
@@ -254,11 +283,14 @@ class Scheduler:
         record.deploy_not_before = self.now + delay
 
     def instance_stopped(self, instance_id: int) -> list[Action]:
+        """An instance stopped as asked: its room goes to whoever waits for it."""
         actions = self._instance_gone(instance_id, "stopped")
         return actions + self._schedule_all()
 
     def tick(self, now: float) -> list[Action]:
-        """Time passed: deployments waiting out a backoff may go ahead."""
+        """Time passed: deployments waiting out a backoff may go ahead, and an instance
+        that has returned nothing for longer than its running calls' timeout plus
+        ``call_grace`` is written off as hung (stopped; its calls retried)."""
         self.now = now
         waiting = [r for r in self.libraries.values() if r.pending and r.deploy_not_before > 0]
         actions: list[Action] = []
@@ -266,10 +298,29 @@ class Scheduler:
             if record.deploy_not_before <= now:
                 record.deploy_not_before = 0.0
                 actions += self._schedule(record)
+        for instance in [i for i in self.instances.values() if i.outstanding]:
+            overdue = self._overdue(instance, now)
+            if overdue is not None:
+                actions.append(StopInstanceAction(instance.worker_id, instance.instance_id))
+                actions += self._instance_gone(instance.instance_id, overdue)
+                actions += self._schedule_all()
         return actions
 
+    def _overdue(self, instance: InstanceRecord, now: float) -> str | None:
+        """Why ``instance`` counts as hung, or None while it may still be working."""
+        record = self.libraries.get(instance.library)
+        slots = record.spec.slots if record is not None else len(instance.outstanding)
+        timeouts = [c.timeout for c in itertools.islice(instance.outstanding.values(), slots)]
+        if None in timeouts:  # a call with no timeout may run for ever
+            return None
+        waited = now - instance.last_progress
+        if waited <= max(timeouts) + self.call_grace:
+            return None
+        return (f"instance {instance.instance_id} returned nothing for {waited:.1f} s, over its "
+                f"calls' timeout of {max(timeouts):g} s plus {self.call_grace:g} s (hung)")
+
     def shutdown(self) -> list[Action]:
-        """Fail every call not finished with ManagerClosed."""
+        """The manager is stopping: fail every call not finished with ManagerClosed."""
         stranded: list[CallRecord] = []
         for record in self.libraries.values():
             stranded += (c for c in record.pending if not c.cancelled)
@@ -281,9 +332,83 @@ class Scheduler:
             return []
         return [CallsFailed(stranded, ManagerClosed("the manager shut down before the call finished"))]
 
+    # --- invariants -------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every invariant of the state; raise InvariantViolation naming the first
+        one broken. Tests run it after every event (the manager loop does too when the
+        environment sets SERVERLESS_VALIDATE=1), so a bug shows at the event that caused it.
+        """
+        def check(condition: bool, what: str) -> None:
+            if not condition:
+                raise InvariantViolation(what)
+
+        seen: dict[int, str] = {}  # call_id -> where it is
+
+        def place(call: CallRecord, where: str) -> None:
+            check(call.call_id not in seen,
+                  f"call {call.call_id} is in two places: {seen.get(call.call_id)} and {where}")
+            seen[call.call_id] = where
+
+        for name, record in self.libraries.items():
+            check(record.name == name, f"library {name!r} is filed under another name")
+            check(record.failed is None or not record.pending,
+                  f"failed library {name!r} still queues calls")
+            for call in record.pending:
+                place(call, f"the queue of {name!r}")
+                check(call.library == name, f"call {call.call_id} of {call.library!r} queued on {name!r}")
+                check(call.instance_id is None, f"queued call {call.call_id} names an instance")
+            for instance_id in record.instances:
+                instance = self.instances.get(instance_id)
+                check(instance is not None and instance.library == name,
+                      f"library {name!r} lists instance {instance_id}, not one of its own")
+        used: dict[Hashable, list[float]] = {w: [0.0, 0, 0] for w in self.workers}
+        for instance_id, instance in self.instances.items():
+            where = f"instance {instance_id}"
+            check(instance.instance_id == instance_id, f"{where} is filed under another id")
+            check(instance.state in (STARTING, READY, DRAINING, STOPPING),
+                  f"{where} is in an unknown state {instance.state!r}")
+            check(instance.state in (READY, DRAINING) or not instance.outstanding,
+                  f"{where} holds calls while {instance.state}")
+            worker = self.workers.get(instance.worker_id)
+            check(worker is not None and instance_id in worker.instances,
+                  f"{where} is on worker {instance.worker_id!r}, which does not list it")
+            used[instance.worker_id][0] += instance.cores
+            used[instance.worker_id][1] += instance.memory_mb
+            record = self.libraries.get(instance.library)
+            check(record is None or instance_id in record.instances,
+                  f"{where} is not listed by its library {instance.library!r}")
+            check(instance.outstanding_bytes == sum(c.size for c in instance.outstanding.values()),
+                  f"{where} counts {instance.outstanding_bytes} bytes outstanding, not its calls'")
+            used[instance.worker_id][2] += instance.outstanding_bytes
+            for call_id, call in instance.outstanding.items():
+                place(call, where)
+                check(call.call_id == call_id, f"call {call.call_id} filed as {call_id} at {where}")
+                check(call.instance_id == instance_id,
+                      f"call {call_id} at {where} names instance {call.instance_id}")
+                check(call.library == instance.library,
+                      f"call {call_id} of {call.library!r} at {where} of {instance.library!r}")
+        for worker_id, worker in self.workers.items():
+            check(worker.worker_id == worker_id, f"worker {worker_id!r} is filed under another id")
+            for instance_id in worker.instances:
+                check(instance_id in self.instances and
+                      self.instances[instance_id].worker_id == worker_id,
+                      f"worker {worker_id!r} lists instance {instance_id}, not one of its own")
+            cores, memory, outstanding_bytes = used[worker_id]
+            check(worker.outstanding_bytes == outstanding_bytes,
+                  f"worker {worker_id!r} counts {worker.outstanding_bytes} bytes outstanding; "
+                  f"its instances hold {outstanding_bytes}")
+            check(abs(worker.used_cores - cores) < 1e-6 and worker.used_memory_mb == memory,
+                  f"worker {worker_id!r} counts {worker.used_cores} cores and "
+                  f"{worker.used_memory_mb} MB used; its instances hold {cores} and {memory}")
+            check(worker.used_cores <= worker.cores + 1e-6 and worker.used_memory_mb <= worker.memory_mb,
+                  f"worker {worker_id!r} holds more than it offers")
+
     # --- inside -----------------------------------------------------------------------
 
     def _window(self, record: LibraryRecord) -> int:
+        """How many calls an instance of ``record`` may hold: its slots, each with enough
+        calls queued behind it to cover ``policy.queue_seconds`` of measured run time."""
         policy = self.policy
         slots = record.spec.slots
         if record.mean_duration is None:
@@ -338,6 +463,8 @@ class Scheduler:
             if worker is None:  # cannot happen: a lost worker's instances are gone with it
                 candidates.remove(instance)
                 continue
+            if not instance.outstanding:  # idle until now: its calls' clocks start here
+                instance.last_progress = self.now
             # calls up to slots + 1 go whatever their size; beyond, within both byte budgets
             free = slots + 1 - len(instance.outstanding)
             budget = min(window_bytes - instance.outstanding_bytes,
@@ -542,9 +669,4 @@ class Scheduler:
                 f"{reason}; the call was lost {give_up[0].attempts} times "
                 f"(max_retries={self.max_retries})")))
         return actions
-
-
-def pending_count(scheduler: Scheduler) -> int:
-    """Calls not yet sent to any instance, over all libraries."""
-    return sum(len(r.pending) for r in scheduler.libraries.values())
 

@@ -11,6 +11,29 @@ import psutil
 import pytest
 
 import serverless
+from serverless.manager.scheduler import EVENTS, Scheduler
+
+# every manager the tests start checks its scheduler's invariants after every event
+os.environ["SERVERLESS_VALIDATE"] = "1"
+
+
+class ValidatingScheduler(Scheduler):
+    """The scheduler, checking its invariants after every event (for the unit tests)."""
+
+
+def _validated(name: str):
+    event = getattr(Scheduler, name)
+
+    def checked(self, *args, **kwargs):
+        actions = event(self, *args, **kwargs)
+        self.validate()
+        return actions
+    checked.__name__ = name
+    return checked
+
+
+for _name in EVENTS:
+    setattr(ValidatingScheduler, _name, _validated(_name))
 
 FAST = dict(heartbeat_interval=0.2, heartbeat_timeout=3.0, start_backoff=0.05)
 

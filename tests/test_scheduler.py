@@ -17,7 +17,7 @@ from serverless.manager.records import (
     SendCalls,
     StopInstanceAction,
 )
-from serverless.manager.scheduler import Scheduler
+from conftest import ValidatingScheduler as Scheduler
 from serverless.protocol import CallStatus
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,7 +13,8 @@ import pytest
 import serverless
 from serverless.errors import WorkerLost
 from serverless.manager.records import CallRecord, CallsFailed, CallsFinished, DeployInstance, SendCalls
-from serverless.manager.scheduler import MAX_BACKOFF, Scheduler
+from conftest import ValidatingScheduler as Scheduler
+from serverless.manager.scheduler import MAX_BACKOFF
 from serverless.protocol import CallStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -149,3 +150,54 @@ def test_when_the_worker_says_what_was_running_only_those_calls_are_charged():
     assert again == [held[0], held[2], held[4], held[5]]
     assert not of(CallsFailed, s.instance_failed(instance, "killed", "", False, ()))
     assert all(c.attempts == 0 for c in again)
+
+
+def test_validate_names_the_broken_invariant():
+    from serverless.manager.scheduler import InvariantViolation
+
+    s = Scheduler()
+    s.install("lib", serverless.Library("lib", [noop]), b"blob")
+    s.submit(calls("lib", 2))
+    instance_id, running = ready_instance(s, s.worker_joined("w1", cores=1, memory_mb=100))
+    s.validate()
+    s.libraries["lib"].pending.append(running[0])  # the same call queued and sent
+    with pytest.raises(InvariantViolation, match="two places|names an instance"):
+        s.validate()
+    s.libraries["lib"].pending.clear()
+    s.workers["w1"].used_cores += 1  # resources that do not add up
+    with pytest.raises(InvariantViolation, match="cores"):
+        s.validate()
+
+
+def test_a_malformed_results_batch_changes_nothing():
+    s = Scheduler()
+    s.install("lib", serverless.Library("lib", [noop]), b"blob")
+    s.submit(calls("lib", 1))
+    instance_id, running = ready_instance(s, s.worker_joined("w1", cores=1, memory_mb=100))
+    entries = [(running[0].call_id, int(CallStatus.OK), b"", 0.1), ("too", "short")]
+    with pytest.raises(ValueError):
+        s.results(instance_id, entries)
+    assert running[0].call_id in s.instances[instance_id].outstanding
+    s.validate()
+
+
+def test_an_instance_silent_past_timeout_plus_grace_is_written_off_and_its_calls_retried():
+    s = Scheduler(call_grace=2.0)
+    s.install("lib", serverless.Library("lib", [noop], timeout=5), b"blob")
+    s.tick(100.0)
+    queued = [CallRecord(next(_ids), "lib", "noop", b"", 5.0, None)]
+    s.submit(queued)
+    instance_id, running = ready_instance(s, s.worker_joined("w1", cores=1, memory_mb=100))
+    assert running == queued
+    assert s.tick(106.9) == []  # within 5 s + 2 s of the dispatch
+    actions = s.tick(107.2)
+    assert instance_id not in s.instances
+    assert [a.instance_id for a in actions if type(a).__name__ == "StopInstanceAction"] == [instance_id]
+    assert running[0].attempts == 1 and running[0].instance_id is None
+    assert of(DeployInstance, actions)  # a new instance for the retried call
+    # a call with no timeout is never written off
+    s2 = Scheduler(call_grace=2.0)
+    s2.install("lib", serverless.Library("lib", [noop]), b"blob")
+    s2.submit(calls("lib", 1))
+    instance_id, _ = ready_instance(s2, s2.worker_joined("w1", cores=1, memory_mb=100))
+    assert s2.tick(10_000.0) == [] and instance_id in s2.instances

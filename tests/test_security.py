@@ -221,7 +221,7 @@ def test_a_client_without_the_key_cannot_inject_results(tmp_path):
         m.install(serverless.Library("slow", [read_fifo], slots=1))
         future = m.call("slow", "read_fifo", str(fifo))
         logs.wait_for("joined")
-        worker_identity = m.workers()[0].worker_id.encode()  # to impersonate
+        worker_identity = m.workers()[0].worker_id  # its raw identity, to impersonate
         register = encode(Register(PROTOCOL_VERSION, "intruder", "h", 1, 4.0, 1024, "py", 1 << 31))
         forged = [register] + [encode(Results(instance, 1, encode_batch(
             [(future.call_id, 0, pickle.dumps("forged"), 0.0)]))) for instance in range(5)]
