@@ -116,8 +116,7 @@ class Scheduler:
         stranded = [c for c in record.pending if not c.cancelled]
         for instance_id in record.instances:
             instance = self.instances[instance_id]
-            stranded += instance.outstanding.values()
-            instance.outstanding.clear()  # stop now, do not drain
+            stranded += self._take_outstanding(instance)  # stop now, do not drain
         actions = self._stop_instances(list(record.instances))
         if stranded:
             actions.append(CallsFailed(stranded, UnknownLibrary(f"library {name!r} was removed")))
@@ -326,8 +325,7 @@ class Scheduler:
             stranded += (c for c in record.pending if not c.cancelled)
             record.pending.clear()
         for instance in self.instances.values():
-            stranded += instance.outstanding.values()
-            instance.outstanding.clear()
+            stranded += self._take_outstanding(instance)
         if not stranded:
             return []
         return [CallsFailed(stranded, ManagerClosed("the manager shut down before the call finished"))]
@@ -621,6 +619,16 @@ class Scheduler:
             instance.state = STOPPING
             actions.append(StopInstanceAction(instance.worker_id, instance_id))
         return actions
+
+    def _take_outstanding(self, instance: InstanceRecord) -> list[CallRecord]:
+        """Empty ``instance`` of the calls it holds (their bytes too); return them."""
+        held = list(instance.outstanding.values())
+        instance.outstanding.clear()
+        worker = self.workers.get(instance.worker_id)
+        if worker is not None:
+            worker.outstanding_bytes -= instance.outstanding_bytes
+        instance.outstanding_bytes = 0
+        return held
 
     def _instance_gone(self, instance_id: int, reason: str,
                        running: tuple[int, ...] | None = None) -> list[Action]:
