@@ -228,7 +228,7 @@ class Scheduler:
             return []
         actions: list[Action] = []
         for instance_id in list(worker.instances):
-            actions += self._instance_gone(instance_id, f"worker {worker_id} lost: {reason}")
+            actions += self._instance_gone(instance_id, f"worker {worker.name or worker_id} lost: {reason}")
         return actions + self._schedule_all()
 
     # --- instances --------------------------------------------------------------------
