@@ -16,7 +16,12 @@ Everything users need is importable from here; submodules are implementation.
 
 from __future__ import annotations
 
+from pathlib import Path as _Path
 from typing import TYPE_CHECKING, Any
+
+from ._checkout import install_finder as _install_finder
+
+_install_finder(_Path(__file__).resolve().parent)  # from a source checkout: its own code
 
 from .context import current_instance, state
 from .data import File
@@ -25,7 +30,6 @@ from .errors import (
     ArgumentNotSerializable,
     ArgumentsTooLarge,
     CacheFull,
-    CallCancelled,
     CallCrashed,
     CallOutOfMemory,
     CallTimeout,
@@ -83,7 +87,6 @@ __all__ = [
     "CallCrashed",
     "CallTimeout",
     "CallOutOfMemory",
-    "CallCancelled",
     "LibraryFailed",
     "WorkerLost",
     "ManagerClosed",

@@ -25,7 +25,6 @@ __all__ = [
     "CallCrashed",
     "CallTimeout",
     "CallOutOfMemory",
-    "CallCancelled",
     "LibraryFailed",
     "WorkerLost",
     "ManagerClosed",
@@ -166,10 +165,6 @@ class CallTimeout(ServerlessError, TimeoutError):
 
 class CallOutOfMemory(ServerlessError, MemoryError):
     """The call went over its library's memory limit; its process was killed."""
-
-
-class CallCancelled(ServerlessError):
-    """The call was cancelled while it ran."""
 
 
 class LibraryFailed(ServerlessError):

@@ -10,12 +10,12 @@ what went wrong outside the function. It never raises: a payload that cannot be 
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from typing import Any
 
 from serverless.errors import (
     ArgumentNotSerializable,
     ArgumentsTooLarge,
-    CallCancelled,
     CallCrashed,
     CallOutOfMemory,
     CallTimeout,
@@ -66,7 +66,8 @@ def error_for(status: int, payload: Any, library: str, function: str) -> BaseExc
             limit, _ = safe_loads(payload)
             return CallOutOfMemory(f"{name} went over the memory limit of {limit} MB and was killed")
         if status == CallStatus.CANCELLED:
-            return CallCancelled(f"{name} was cancelled")
+            # only a cancelled future asks for this, and it has ended already
+            return CancelledError(f"{name} was cancelled")
         if status == CallStatus.RESULT_NOT_SERIALIZABLE:
             return ResultNotSerializable(bytes(payload).decode(errors="replace"))
         if status == CallStatus.BAD_ARGUMENTS:
