@@ -9,17 +9,16 @@
 
 A spare child waits for the next call while the instance is idle: forked ahead of time
 (after the loop has sent its results, with nothing queued or running), it blocks reading
-its call from a pipe, so a call that arrives finds a process ready and skips the fork (for
-a library with numpy and pandas, the parent's side of ``fork()`` alone is about 1.4 ms
-here). A busy instance forks per call as above, since spares would only add a pipe hop;
+its call from a pipe, so a call that arrives finds a process ready and skips the fork (whose
+parent side grows with the library's mappings: figures in docs/performance.md). A busy instance forks per call as above, since spares would only add a pipe hop;
 arguments over :data:`SPARE_MAX_ARGS` bytes are never piped (they fork as above, the child
 already holding them). A spare that died while it waited is reaped and the call forks.
 The spare was forked from the same warm, unchanging library state, so a call sees exactly
 what a child forked at its arrival would; it still runs alone in its own process.
 
 At most ``slots`` children run a call at once. A child counts as running until its result
-has arrived, then only as "exiting" until it is reaped (its teardown costs about 1 ms of CPU
-and needs no slot). A child that exits without a complete result (EOF on its pipe first)
+has arrived, then only as "exiting" until it is reaped (its teardown costs CPU
+but needs no slot). A child that exits without a complete result (EOF on its pipe first)
 becomes a CRASHED entry naming its exit code or signal, once it is reaped (``WNOHANG``: the
 loop never waits for a child; one that closed its pipe and runs on is killed after
 :data:`CLOSED_PIPE_GRACE`, its slot free meanwhile); one past its deadline is killed

@@ -127,11 +127,11 @@ class LibraryHandle:
         except OSError:
             return None
 
-    def exit_code(self, wait: float = 2.0) -> int:
-        """The process's exit code once it ends (killed after ``wait`` seconds). Blocks:
-        the agent's loop uses :meth:`poll` and :attr:`exit_fd` instead."""
+    def wait_or_kill(self, grace: float = 2.0) -> int:
+        """Wait up to ``grace`` seconds for the process to exit, then kill it; its exit
+        code. Blocks: the agent's loop uses :meth:`poll` and :attr:`exit_fd` instead."""
         try:
-            return self.process.wait(wait)
+            return self.process.wait(grace)
         except subprocess.TimeoutExpired:
             self.kill()
             return self.process.wait()
@@ -155,7 +155,7 @@ class LibraryHandle:
             self.sock.close()
         except OSError:
             pass
-        return self.exit_code(wait=grace)
+        return self.wait_or_kill(grace)
 
     def close(self) -> None:
         try:

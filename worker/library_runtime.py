@@ -21,7 +21,7 @@ Results leave at the end of each loop pass. In fork mode, while enough calls are
 queued here to keep every slot busy for a while (at least :data:`RESULT_HOLD_QUEUE` per
 slot), results are held up to :data:`RESULT_HOLD_SECONDS` (or :data:`RESULT_HOLD_COUNT` of
 them) so that one message carries several: every message costs the agent and the manager
-a wake-up each, about 100 us of the manager's CPU here. Once the queue runs low they leave
+a wake-up each (docs/performance.md has the cost measured). Once the queue runs low they leave
 at once, so the manager's refill arrives before the slots idle, and a lone call is never
 held. Every result is also written to the crash journal until it is sent, and the journal
 names the calls running, so that an instance that dies loses no result and the manager

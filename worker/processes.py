@@ -48,7 +48,7 @@ def parent_death_signal(sig: int = signal.SIGKILL) -> Callable[[], object]:
 def _load_libc() -> ctypes.CDLL:
     # the running program's own symbols include libc's; ctypes.util.find_library would
     # import subprocess, tempfile and random into every library process, and random's
-    # after-fork hook then reseeds in each forked call (about 100 us of a child's CPU)
+    # after-fork hook then reseeds in each forked call, at a cost to every child
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
