@@ -4,7 +4,9 @@ A fake worker speaking the protocol over a real zmq socket (or a real worker wit
 injected where the manager handles its message) sends what no correct worker would: a
 message that raises while handled, a report on another worker's instance, absurd
 resource claims, an identity that is not UTF-8, or nothing at all for a call it holds.
-The manager drops it (or refuses it), retries its calls, and keeps serving.
+The manager drops it (or refuses it), retries its calls, and keeps serving. These
+managers run with ``insecure=True`` so that the fake worker needs no keys: what is tested
+is what the manager does with a worker it has admitted (docs/security.md covers admission).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def test_a_malformed_result_entry_does_not_stop_the_manager(tmp_path, duration) 
     raised in the scheduler and ended the loop; the call never settled, nor did later ones.
     Now the entry is refused (at decode) or its duration ignored: either way the call ends
     and the manager goes on serving."""
-    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs",
+                            insecure=True, **FAST) as m:
         m.install(serverless.Library("adder", [add], mode="direct"))
         future = m.call("adder", "add", 2, 3)
         fake = FakeWorker(m.address, b"fake-1")
@@ -103,7 +106,8 @@ def test_a_malformed_result_entry_does_not_stop_the_manager(tmp_path, duration) 
         fake.expect(Calls)
         fake.send(Results(deploy.instance_id, 1, _bad_batch(future.call_id, duration)))
         fake.close()  # silent from now on, whatever the manager made of it
-        worker = start_worker(m.address, "--cores", "1", "--workdir", str(tmp_path / "w"))
+        worker = start_worker(m.address, "--cores", "1", "--insecure",
+                              "--workdir", str(tmp_path / "w"))
         try:
             # the registered worker's answer, or, if it was refused, the retry's
             assert future.result(timeout=60) in (99, 5)
@@ -122,9 +126,11 @@ def _bad_batch(call_id: int, duration) -> bytes:
 
 
 def test_an_exception_while_handling_a_workers_message_drops_only_that_worker(tmp_path) -> None:
-    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs",
+                            insecure=True, **FAST) as m:
         m.install(serverless.Library("who", [whoami], mode="direct"))
-        first = start_worker(m.address, "--cores", "1", "--workdir", str(tmp_path / "a"))
+        first = start_worker(m.address, "--cores", "1", "--insecure",
+                             "--workdir", str(tmp_path / "a"))
         wait_until(lambda: len(m.workers()) == 1, what="worker A")
         scheduler = m._loop.scheduler
         original = scheduler.instance_ready
@@ -136,7 +142,8 @@ def test_an_exception_while_handling_a_workers_message_drops_only_that_worker(tm
         scheduler.instance_ready = fails_once
         future = m.call("who", "whoami")
         assert first.wait(timeout=60) == 0  # dropped: told to stop, and it did
-        second = start_worker(m.address, "--cores", "1", "--workdir", str(tmp_path / "b"))
+        second = start_worker(m.address, "--cores", "1", "--insecure",
+                              "--workdir", str(tmp_path / "b"))
         try:
             pid = future.result(timeout=60)  # retried on B
             assert pid in {p.pid for p in psutil.Process(second.pid).children(recursive=True)}
@@ -148,7 +155,8 @@ def test_an_exception_while_handling_a_workers_message_drops_only_that_worker(tm
 
 def test_a_worker_reporting_on_another_workers_instance_is_refused_and_dropped(tmp_path) -> None:
     release = tmp_path / "release"
-    with serverless.Manager(local_cores=1, log_dir=tmp_path / "logs", **FAST) as m:
+    with serverless.Manager(local_cores=1, log_dir=tmp_path / "logs",
+                            insecure=True, **FAST) as m:
         m.install(serverless.Library("slow", [wait_for_file], mode="direct"))
         future = m.call("slow", "wait_for_file", str(release))
         wait_until(lambda: any(i.outstanding for i in m._loop.scheduler.instances.values()),
@@ -173,7 +181,8 @@ def test_a_worker_reporting_on_another_workers_instance_is_refused_and_dropped(t
 ])
 def test_absurd_resource_claims_are_rejected_at_registration(tmp_path, cores, memory_mb) -> None:
     with watch_logs("serverless.manager") as logs, \
-            serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+            serverless.Manager(local_workers=0, log_dir=tmp_path / "logs",
+                            insecure=True, **FAST) as m:
         fake = FakeWorker(m.address, b"greedy", cores=cores, memory_mb=memory_mb)
         try:  # rejected by the manager, or (inf, nan) refused when decoded: never welcomed
             end = time.monotonic() + 30
@@ -197,7 +206,8 @@ def test_absurd_resource_claims_are_rejected_at_registration(tmp_path, cores, me
 
 def test_workers_are_keyed_by_their_raw_identity_bytes(tmp_path) -> None:
     identity = b"\xff\xfe not utf-8 \x00\x80"
-    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs", **FAST) as m:
+    with serverless.Manager(local_workers=0, log_dir=tmp_path / "logs",
+                            insecure=True, **FAST) as m:
         m.install(serverless.Library("adder", [add], mode="direct"))
         future = m.call("adder", "add", 20, 22)
         fake = FakeWorker(m.address, identity)
