@@ -374,7 +374,8 @@ class Scheduler:
             used[instance.worker_id][0] += instance.cores
             used[instance.worker_id][1] += instance.memory_mb
             record = self.libraries.get(instance.library)
-            check(record is None or instance_id in record.instances,
+            # (a stopping one may belong to a library removed, then installed again)
+            check(record is None or instance_id in record.instances or instance.state == STOPPING,
                   f"{where} is not listed by its library {instance.library!r}")
             check(instance.outstanding_bytes == sum(c.size for c in instance.outstanding.values()),
                   f"{where} counts {instance.outstanding_bytes} bytes outstanding, not its calls'")
