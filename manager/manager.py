@@ -14,7 +14,6 @@ import functools
 import itertools
 import logging
 import shutil
-import tempfile
 import threading
 import time
 import weakref
@@ -32,6 +31,7 @@ from serverless.errors import (
 )
 from serverless.data.file import find_files
 from serverless.library import CHUNK_FUNCTION, Library
+from serverless.tempdirs import run_directory
 from serverless.protocol import arguments_size, call_budget, call_size
 from serverless.safe_files import private_dir
 from serverless.security import ManagerSecret
@@ -81,7 +81,7 @@ class Manager:
         raise_descriptor_limit()  # idle connections must not keep our own workers out
         made_log_dir = self.config.log_dir is None
         self._log_dir = (private_dir(self.config.log_dir, "log_dir") if self.config.log_dir
-                         else Path(tempfile.mkdtemp(prefix="serverless-")))
+                         else run_directory("manager"))
         self._secret: ManagerSecret | None = None
         try:  # a constructor that fails leaves no directory, socket, thread or process
             self._secret = ManagerSecret(self.config.secret, self.config.secret_file,

@@ -26,6 +26,7 @@ _install_finder(_Path(__file__).resolve().parent)  # from a source checkout: its
 from .context import current_instance, state
 from .data import File
 from .errors import (
+    AddressInUse,
     ArchiveError,
     ArgumentNotSerializable,
     ArgumentsTooLarge,
@@ -75,6 +76,7 @@ __all__ = [
     "current_instance",
     "PROTOCOL_VERSION",
     "ServerlessError",
+    "AddressInUse",
     "UnknownLibrary",
     "UnknownFunction",
     "SerializationError",
@@ -120,4 +122,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)  # the public API only (submodules are implementation)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 
 __all__ = [
+    "AddressInUse",
     "ServerlessError",
     "UnknownLibrary",
     "UnknownFunction",
@@ -204,6 +205,11 @@ class ProtocolVersionError(ProtocolError):
 
     def __reduce__(self):
         return (ProtocolVersionError, (str(self), self.version))
+
+
+class AddressInUse(ServerlessError, OSError):
+    """The manager cannot listen on the address asked for: another process holds the port
+    (or the host is not an address of this machine). The message names the address."""
 
 
 class SecurityError(ServerlessError, ValueError):

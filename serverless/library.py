@@ -134,7 +134,8 @@ class Library:
         setup: called once per instance after the imports; its return value is what
             :func:`serverless.state` returns inside calls.
         mode: ``"fork"`` (a child per call) or ``"direct"`` (calls run in the instance).
-        slots: how many calls one instance runs at once (``1`` in direct mode).
+        slots: how many calls one instance runs at once. In direct mode an instance runs
+            one call at a time, so ``slots=N`` there means up to N instances of one slot.
         cores: cores one instance reserves on its worker (default: ``slots``).
         memory_mb: memory one instance reserves on its worker (0: no reservation).
         timeout: seconds after which a call is killed (None: no limit).
@@ -179,7 +180,12 @@ class Library:
         if not isinstance(self.slots, int) or self.slots < 1:
             raise ValueError(f"slots must be a positive integer, not {self.slots!r}")
         if self.mode == "direct" and self.slots != 1:
-            raise ValueError("direct mode runs one call at a time: slots must be 1")
+            # an instance runs one call at a time in direct mode: slots=N means N instances
+            # of one slot (each reserving one core unless cores is given), so that switching
+            # the quick start from fork to direct keeps its parallelism
+            if self.max_instances is None:
+                self.max_instances = self.slots
+            self.slots = 1
         if self.cores is None:
             self.cores = float(self.slots)
         if not (self.cores > 0 and math.isfinite(self.cores)):

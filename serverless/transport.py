@@ -37,6 +37,8 @@ its key, so a wrong or missing secret is reported in words, not as a silent time
 
 from __future__ import annotations
 
+import errno
+
 import hmac
 import itertools
 import logging
@@ -51,7 +53,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import SecurityError
+from .errors import AddressInUse, SecurityError
 from .security import CurveKeys
 
 __all__ = [
@@ -156,9 +158,13 @@ def bind_router(context: zmq.Context, host: str, port: int, max_message_bytes: i
             port = sock.bind_to_random_port(f"tcp://{host}")
         else:
             sock.bind(f"tcp://{host}:{port}")
-    except BaseException:
+    except BaseException as exc:
         monitor.close()
         sock.close(linger=0)
+        if isinstance(exc, zmq.ZMQError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            what = "is in use" if exc.errno == errno.EADDRINUSE else "is not an address of this machine"
+            raise AddressInUse(f"cannot listen on {host}:{port}: {what} ({exc.strerror}); "
+                               "pick another port, or port=0 for any free one") from None
         raise
     monitor.start()
     return sock, Endpoint(host, port)

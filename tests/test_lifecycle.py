@@ -225,12 +225,22 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def test_a_constructor_that_fails_leaves_nothing_behind(tmp_path) -> None:
+def _temporary_entries() -> set[str]:
+    """What the temporary directory holds, the per-user parent of runs' directories
+    included (serverless.tempdirs); the parent itself may be made on the way."""
     import tempfile
 
+    from serverless.tempdirs import runs_parent
+
+    parent = runs_parent()
+    inside = {f"{parent.name}/{name}" for name in os.listdir(parent)} if parent.is_dir() else set()
+    return (set(os.listdir(tempfile.gettempdir())) - {parent.name}) | inside
+
+
+def test_a_constructor_that_fails_leaves_nothing_behind(tmp_path) -> None:
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "first") as first:
         port = int(first.address.rsplit(":", 1)[1])
-        temp = set(os.listdir(tempfile.gettempdir()))
+        temp = _temporary_entries()
         threads, fds = _threads(), _fds()
         children = {p.pid for p in psutil.Process().children(recursive=True)}
         for options in (dict(port=port), dict(port=port, secret=True),
@@ -241,7 +251,7 @@ def test_a_constructor_that_fails_leaves_nothing_behind(tmp_path) -> None:
             serverless.Manager(heartbeat_interval=-1)
         with pytest.raises(TypeError):
             serverless.Manager(no_such_option=1)
-        assert set(os.listdir(tempfile.gettempdir())) == temp  # no log or secret directory
+        assert _temporary_entries() == temp  # no log or secret directory
         assert _threads() == threads  # no loop thread, no zmq I/O thread
         assert _fds() == fds  # no socket, pipe or context descriptor
         assert {p.pid for p in psutil.Process().children(recursive=True)} == children

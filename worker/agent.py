@@ -112,6 +112,7 @@ class WorkerConfig:
     stop_grace: float = 3.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
     curve_keys: CurveKeys | None = None  # from the secret: CURVE to the manager (transport)
+    announce: bool = False  # say on stderr when registered (workers started by hand)
     env_dir: Path = field(default_factory=default_env_dir)  # environments, shared by the node
     cache_dir: Path | None = None  # input files (default: <workdir>/cache), see worker.data
     forever_dir: Path | None = None  # "forever" files (default: a per-user directory)
@@ -228,8 +229,12 @@ class WorkerAgent:
             heard_now = time.monotonic() - self._last_heard <= self._heartbeat_timeout
             if self._exit_code is not None or heard_now:
                 return
-            what = "heartbeats stopped" if self._registered else "no answer to registration"
-            log.error("manager %s lost (%s); stopping", self.config.manager, what)
+            if self._registered:
+                log.error("manager %s lost (heartbeats stopped); stopping", self.config.manager)
+            else:
+                log.error("could not reach the manager at %s within %.0f s (is the address "
+                          "right, and the manager running?); giving up (--connect-timeout)",
+                          self.config.manager, self._heartbeat_timeout)
             self._exit_code = EXIT_MANAGER_LOST
         elif self._registered and now - self._last_sent >= self._heartbeat_interval:
             self._send(Heartbeat())
@@ -276,6 +281,9 @@ class WorkerAgent:
             self._heartbeat_timeout = msg.heartbeat_timeout
             self._send_limit = min(self._send_limit, msg.max_message_bytes)
             log.info("registered with %s as %s", self.config.manager, msg.worker_id)
+            if self.config.announce:  # a worker started by hand says so at any log level
+                print(f"serverless-worker: connected to the manager at {self.config.manager} "
+                      f"as {msg.worker_id}", file=sys.stderr, flush=True)
         elif isinstance(msg, Reject):
             log.error("the manager rejected this worker: %s", msg.reason)
             self._exit_code = EXIT_REJECTED

@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from serverless.security import (
     read_secret_file,
     require_secret,
 )
+from serverless.tempdirs import run_directory
 from serverless.transport import parse_address, probe_handshake, raise_descriptor_limit
 from serverless.worker_keys import KEY_FILE_ENV, read_worker_key
 
@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serverless-worker: {refused}", file=sys.stderr)
         return EXIT_REJECTED
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
-    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"serverless-{safe_name(name)}-"))
+    workdir = workdir or run_directory("worker")
     logging.getLogger("serverless.worker").info("library logs in %s", workdir)
+    if args.die_with_parent is None:  # started by hand: say where it writes, at any log level
+        print(f"serverless-worker: library logs in {workdir}; connecting to {args.manager} "
+              f"(gives up after {args.connect_timeout:.0f} s)", file=sys.stderr, flush=True)
     config = WorkerConfig(
         manager=args.manager,
         cores=args.cores,
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_timeout=connect_timeout,
         max_message_bytes=args.max_message_bytes,
         curve_keys=keys,
+        announce=args.die_with_parent is None,
         cache_dir=args.cache_dir,
         forever_dir=args.forever_dir,
         disk_mb=args.disk,
