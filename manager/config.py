@@ -56,6 +56,9 @@ class ManagerConfig:
         all of its calls or none). A done-callback running on the manager's own thread
         never blocks: it is let through.
     upload_cap: transfers of input files one source (the manager, a worker) serves at once.
+    forward_output: also print what calls write to stdout and stderr on this program's
+        stdout, each line prefixed ``(library#instance)`` (off by default: every chunk of
+        output is then a message to the manager). The instance logs keep it either way.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +82,7 @@ class ManagerConfig:
     upload_cap: int = 4
     worker_keys: Path | None = None
     insecure: bool = False
+    forward_output: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queued is not None and self.max_queued < 1:

@@ -31,6 +31,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -54,6 +55,7 @@ from serverless.protocol import (
     InstanceStopped,
     InstanceWarning,
     Message,
+    Output,
     Register,
     Reject,
     Results,
@@ -141,6 +143,7 @@ class ManagerLoop:
         self._stopped = threading.Event()
         self._idle_waiters: list[threading.Event] = []  # set once no call is unfinished
         self.learned_imports = LearnedImports()
+        self._partial_output: dict[int, str] = {}  # instance -> the start of a line
         self.thread = threading.Thread(target=self._run, name="serverless-manager", daemon=True)
 
     # --- called from other threads ----------------------------------------------------
@@ -398,6 +401,9 @@ class ManagerLoop:
         elif isinstance(msg, InstanceStopped):
             self._check_owner(worker, msg.instance_id)
             self._handle(scheduler.instance_stopped, msg.instance_id)
+        elif isinstance(msg, Output):
+            self._check_owner(worker, msg.instance_id)
+            self._print_output(msg)
         elif isinstance(msg, ImportsLearned):
             self._check_owner(worker, msg.instance_id)
             instance = scheduler.instances.get(msg.instance_id)
@@ -417,6 +423,25 @@ class ManagerLoop:
         instance = self.scheduler.instances.get(instance_id)
         if instance is not None and instance.worker_id != worker.worker_id:
             raise _Refused(f"instance {instance_id} belongs to another worker")
+
+    def _print_output(self, msg: Output) -> None:
+        """Print a chunk of an instance's output, whole lines prefixed with who printed."""
+        instance = self.scheduler.instances.get(msg.instance_id)
+        label = f"({instance.library if instance else '?'}#{msg.instance_id}) "
+        text = self._partial_output.pop(msg.instance_id, "") + msg.data.decode(errors="replace")
+        lines = text.split("\n")
+        if lines[-1]:  # an unfinished line waits for its end (bounded)
+            if len(lines[-1]) < 65536:
+                self._partial_output[msg.instance_id] = lines[-1]
+            else:
+                lines.append("")
+        out = "".join(f"{label}{line}\n" for line in lines[:-1])
+        if out:
+            try:
+                sys.stdout.write(out)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
 
     def _drop_worker(self, identity: bytes, reason: str, notify: bool = True) -> None:
         worker = self._workers.get(identity)
@@ -523,6 +548,8 @@ class ManagerLoop:
             options["python"] = spec.python
         if spec.environment is not None:
             options["environment"] = spec.environment.describe()
+        if self.config.forward_output:
+            options["forward_output"] = True
         learned = self.learned_imports.names(spec.name)
         if learned:  # what other instances learned: this one starts with it
             options["learned_imports"] = learned

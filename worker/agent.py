@@ -7,7 +7,7 @@
             --Shutdown------------------> stop every instance, exit
     library --InstanceReady/Failed------> forward to the manager
             --InstanceWarning-----------> log it, forward to the manager
-            --ImportsLearned------------> forward to the manager
+            --ImportsLearned, Output----> forward to the manager
             --Results-------------------> forward to the manager, payload untouched (a batch
                                           over the manager's max_message_bytes is split, a
                                           result too large alone fails its call:
@@ -66,6 +66,7 @@ from serverless.protocol import (
     InstanceStopped,
     InstanceWarning,
     Message,
+    Output,
     Register,
     Reject,
     Results,
@@ -356,7 +357,7 @@ class WorkerAgent:
                 log.warning("library %s#%d: %s", handle.library, handle.instance_id, msg.text)
             elif isinstance(msg, InstanceFailed):
                 handle.stopping = True  # its exit needs no second report
-            elif not isinstance(msg, ImportsLearned):
+            elif not isinstance(msg, (ImportsLearned, Output)):
                 log.warning("unexpected %s from a library", msg.TAG)
                 continue
             self._send_frames(frames)

@@ -30,7 +30,7 @@ import psutil
 
 from serverless.errors import SecurityError
 from serverless.protocol import MAX_MESSAGE_BYTES
-from serverless.safe_files import private_dir, safe_name
+from serverless.safe_files import private_dir
 from serverless.security import (
     SECRET_FILE_ENV,
     CurveKeys,

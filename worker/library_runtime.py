@@ -58,6 +58,7 @@ from serverless.protocol import (
     InstanceReady,
     InstanceWarning,
     Message,
+    Output,
     StopInstance,
     StreamDecoder,
     batch_entries,
@@ -75,6 +76,7 @@ from .fork_executor import ForkExecutor
 from .journal import Journal, create_journal
 from .processes import THREAD_VARIABLES, die_with_parent, set_title
 from .import_learning import ImportLearner
+from .output_forward import OutputForwarder
 
 __all__ = ["main", "LibraryRuntime"]
 
@@ -100,6 +102,7 @@ class LibraryRuntime:
         self._results: list[tuple] = []
         self._held_since = 0.0  # when the oldest result not yet sent arrived (fork mode)
         self._instance_id = -1
+        self._output: OutputForwarder | None = None  # Manager(forward_output=True)
         self._library = ""
         self._executor: ForkExecutor | DirectExecutor | None = None
 
@@ -136,6 +139,9 @@ class LibraryRuntime:
         set_current_instance(InstanceContext(
             deploy.library, deploy.instance_id, deploy.mode, state, payload.setup is not None
         ))
+        if deploy.options.get("forward_output") is True:
+            instance_id = deploy.instance_id
+            self._output = OutputForwarder(lambda data: self._send(Output(instance_id, data)))
         self._executor = self._make_executor(deploy, payload)
         gc.collect()
         gc.freeze()  # children then leave the library's objects' pages shared
@@ -161,7 +167,8 @@ class LibraryRuntime:
             deploy.slots,
             self._poller,
             self._emit,
-            inherited_fds=(self._sock.fileno(), self._poller.fileno()),
+            inherited_fds=(self._sock.fileno(), self._poller.fileno(),
+                           *((self._output.fd,) if self._output is not None else ())),
             memory_mb=deploy.memory_mb,
             journal=self._journal,
             on_threads=self._threads_at_fork,
@@ -187,23 +194,32 @@ class LibraryRuntime:
         assert executor is not None
         agent_fd = self._sock.fileno()
         self._poller.register(agent_fd, select.EPOLLIN)
+        output = self._output
+        if output is not None:
+            self._poller.register(output.fd, select.EPOLLIN)
+        output_fd = output.fd if output is not None else -1
         poll = self._poller.poll
         try:
             if isinstance(executor, DirectExecutor):
                 while True:
-                    for _fd, _ in poll(0 if executor.busy() else -1):
-                        self._read_agent()
+                    for fd, _ in poll(0 if executor.busy() else -1):
+                        if fd == agent_fd:
+                            self._read_agent()
                     executor.run_turn(time.perf_counter)
+                    if output is not None:  # a call's output leaves before its result
+                        output.drain()
                     self._flush_results()
             else:
                 while True:
                     for fd, _ in poll(self._fork_timeout(executor)):
                         if fd == agent_fd:
                             self._read_agent()
-                        else:
+                        elif fd != output_fd:
                             executor.on_readable(fd)
                     executor.reap()
                     executor.expire(time.monotonic())
+                    if output is not None:  # a call's output leaves before its result
+                        output.drain()
                     self._flush_or_hold(executor)
                     self._learn_imports(executor)
                     executor.keep_spare()

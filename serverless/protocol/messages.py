@@ -52,6 +52,7 @@ __all__ = [
     "StopInstance",
     "InstanceStopped",
     "ImportsLearned",
+    "Output",
     "Calls",
     "Results",
     "Cancel",
@@ -374,6 +375,20 @@ class ImportsLearned(Message):
         if not all(type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str
                    and type(pair[1]) is str for pair in self.rejected):
             raise ProtocolError("imports-learned.rejected: not all (name, reason) pairs")
+
+
+@message("output")
+@dataclass(frozen=True, slots=True)
+class Output(Message):
+    """library -> worker -> manager (``Manager(forward_output=True)``): a chunk of what the
+    instance's calls wrote to stdout and stderr, at most 64 KiB."""
+
+    instance_id: int
+    data: bytes
+
+    def _validate(self) -> None:
+        if len(self.data) > 65536:
+            raise ProtocolError("output.data: over 64 KiB")
 
 
 @message("calls")
