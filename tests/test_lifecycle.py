@@ -237,7 +237,12 @@ def _temporary_entries() -> set[str]:
     return (set(os.listdir(tempfile.gettempdir())) - {parent.name}) | inside
 
 
-def test_a_constructor_that_fails_leaves_nothing_behind(tmp_path) -> None:
+def test_a_constructor_that_fails_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    # a temporary directory of its own: other programs on the machine use the shared one
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     with serverless.Manager(local_workers=0, log_dir=tmp_path / "first") as first:
         port = int(first.address.rsplit(":", 1)[1])
         temp = _temporary_entries()
