@@ -83,7 +83,7 @@ def test_a_worker_gives_up_on_an_address_nobody_serves():
         port = s.getsockname()[1]
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "serverless.worker", f"127.0.0.1:{port}",
-                          "--connect-timeout", "3"], capture_output=True, text=True, timeout=60)
+                          "--connect-timeout", "3", "--insecure"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 5
     assert f"could not reach the manager at 127.0.0.1:{port} within" in out.stderr
     assert time.monotonic() - started < 30
