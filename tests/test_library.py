@@ -77,7 +77,6 @@ def test_the_payload_names_listed_and_discovered_imports_apart():
     ({"functions": [42]}, TypeError),
     ({"mode": "thread"}, ValueError),
     ({"slots": 0}, ValueError),
-    ({"mode": "direct", "slots": 2}, ValueError),
     ({"cores": 0}, ValueError),
     ({"memory_mb": -1}, ValueError),
     ({"timeout": 0}, ValueError),
