@@ -222,20 +222,13 @@ class DataError(ServerlessError):
     """A call's input file could not be made available on its worker (see docs/data.md)."""
 
 
-class CacheFull(DataError, OSError):
+class CacheFull(_OverLimit, DataError, OSError):
     """A call's input files cannot fit in the worker's cache (``--disk``); names the sizes.
 
     Raised only for inputs that could never fit (larger than the whole cache); a call whose
-    inputs fit once other calls release theirs waits instead.
+    inputs fit once other calls release theirs waits instead. ``size`` and ``limit`` are in
+    bytes.
     """
-
-    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
-        super().__init__(message)
-        self.size = size
-        self.limit = limit
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.size, self.limit))
 
 
 class FileIntegrityError(DataError):
